@@ -1,0 +1,37 @@
+"""Console scripts: fairseq's own CLIs with the plugin preloaded (no --user-dir needed).
+
+Passing ``--user-dir <repo>/imitkd`` as well is harmless: fairseq sees the package already imported.
+"""
+import sys
+
+import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
+
+from .errors import ImitKDError
+
+
+def _run(main):
+    try:
+        main()
+    except ImitKDError as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2)
+
+
+def train():
+    from fairseq_cli.train import cli_main
+    _run(cli_main)
+
+
+def generate():
+    from fairseq_cli.generate import cli_main
+    _run(cli_main)
+
+
+def validate():
+    from fairseq_cli.validate import cli_main
+    _run(cli_main)
+
+
+def preprocess():
+    from fairseq_cli.preprocess import cli_main
+    _run(cli_main)

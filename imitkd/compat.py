@@ -1,0 +1,62 @@
+"""Runtime fixes that make ve-fairseq 0.12.3 work under torch 2.13 (applied on ``import imitkd``).
+
+1. ``torch.load(weights_only=False)`` for fairseq's own checkpoint loading only: fairseq checkpoints
+   pickle ``argparse.Namespace``/omegaconf objects, which torch >= 2.6 refuses by default. The patch is
+   scoped to ``fairseq.checkpoint_utils`` (a proxy of the ``torch`` module there), not process-wide.
+2. Never drop the last batch: fairseq main drops a trailing batch whose size is not a multiple of
+   ``--required-batch-size-multiple`` (default 8), so generate/validate silently skip sentences. We wrap
+   ``data_utils.batch_by_size`` to append the dropped indices as a final, smaller batch.
+3. Raw-audio manifests (.wav/.flac): fbank through kaldi-native-fbank instead of torchaudio, which
+   cannot be imported next to torch 2.13.
+Each patch is idempotent.
+"""
+import functools
+import logging
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class _TorchLoadProxy:
+    """Stands in for ``torch`` inside ``fairseq.checkpoint_utils``; only ``load`` differs."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(*args, **kwargs)
+
+
+def _keep_last_batch(batch_by_size):
+    @functools.wraps(batch_by_size)
+    def wrapper(indices, *args, **kwargs):
+        batches = batch_by_size(indices, *args, **kwargs)
+        if kwargs.get("fixed_shapes") is not None:
+            return batches
+        if not isinstance(indices, np.ndarray):
+            indices = np.fromiter(indices, dtype=np.int64, count=-1)
+        n_batched = sum(len(b) for b in batches)
+        if n_batched < len(indices):
+            batches = list(batches) + [np.asarray(indices[n_batched:], dtype=np.int64)]
+        return batches
+
+    wrapper._imitkd_keeps_last_batch = True
+    return wrapper
+
+
+def apply():
+    import fairseq.checkpoint_utils as checkpoint_utils
+    import fairseq.data.audio.audio_utils as audio_utils
+    from fairseq.data import data_utils
+
+    from .features import fbank_from_file
+
+    if not isinstance(checkpoint_utils.torch, _TorchLoadProxy):
+        checkpoint_utils.torch = _TorchLoadProxy()
+    if not getattr(data_utils.batch_by_size, "_imitkd_keeps_last_batch", False):
+        data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
+    audio_utils.get_fbank = fbank_from_file

@@ -1,0 +1,1 @@
+from . import distillation  # noqa: F401  (registers all criterion names)

@@ -1,0 +1,184 @@
+"""The frozen expert: one fairseq checkpoint, or an ensemble averaging probabilities.
+
+The expert is deliberately *not* an ``nn.Module`` attribute of the criterion: it never enters the
+optimizer, the checkpoint, ``criterion.train()`` or ``criterion.half()``. Its parameters have
+``requires_grad=False``, its models stay in ``eval()`` (no dropout while the student trains), and
+it follows the student to its device (optionally in bf16/fp16) on first use.
+"""
+import logging
+import math
+import os
+from argparse import Namespace
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary, encoders
+
+from .errors import ImitKDError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class SourceEncoder:
+    """Text → expert source token ids: tokenizer (e.g. moses) → BPE (sentencepiece, subword_nmt,
+    fastbpe) → dictionary, with ``</s>`` appended — exactly what fairseq-interactive feeds the expert."""
+
+    def __init__(self, dictionary: Dictionary, tokenizer=None, bpe=None):
+        self.dictionary, self.tokenizer, self.bpe = dictionary, tokenizer, bpe
+
+    def encode(self, text: str) -> Tensor:
+        if self.tokenizer is not None:
+            text = self.tokenizer.encode(text)
+        if self.bpe is not None:
+            text = self.bpe.encode(text)
+        return self.dictionary.encode_line(text, add_if_not_exist=False, append_eos=True).long()
+
+    @classmethod
+    def build(cls, dictionary, stored_cfg=None, tokenizer=None, bpe=None, bpe_codes=None,
+              sentencepiece_model=None, source_lang="en"):
+        """Flags win over what the expert checkpoint recorded (its ``--tokenizer``/``--bpe``)."""
+        tok = bpe_obj = None
+        stored_tok = getattr(stored_cfg, "tokenizer", None) if stored_cfg is not None else None
+        stored_bpe = getattr(stored_cfg, "bpe", None) if stored_cfg is not None else None
+        if tokenizer is None and stored_tok is not None:
+            tok = encoders.build_tokenizer(stored_tok)
+        elif tokenizer not in (None, "none"):
+            tok = encoders.build_tokenizer(Namespace(tokenizer=tokenizer, source_lang=source_lang,
+                                                     target_lang=source_lang, moses_no_dash_splits=False,
+                                                     moses_no_escape=False))
+        if bpe is None and bpe_codes:
+            bpe = "subword_nmt"
+        if bpe is None and sentencepiece_model:
+            bpe = "sentencepiece"
+        if bpe is None and stored_bpe is not None:
+            bpe_obj = encoders.build_bpe(stored_bpe)
+        elif bpe not in (None, "none"):
+            for flag, value, needed_by in (("--bpe-codes", bpe_codes, ("subword_nmt", "fastbpe")),
+                                           ("--expert-sentencepiece-model", sentencepiece_model, ("sentencepiece",))):
+                if bpe in needed_by and (not value or not os.path.isfile(value)):
+                    raise ImitKDError(f"--expert-bpe {bpe} needs {flag} FILE (got {value!r})")
+            bpe_obj = encoders.build_bpe(Namespace(bpe=bpe, bpe_codes=bpe_codes, bpe_separator="@@",
+                                                   sentencepiece_model=sentencepiece_model,
+                                                   sentencepiece_enable_sampling=False,
+                                                   sentencepiece_alpha=None))
+        return cls(dictionary, tok, bpe_obj)
+
+
+def check_same_dictionary(student: Dictionary, expert: Dictionary, expert_desc: str) -> None:
+    """Fail unless the two target dictionaries have the same symbols in the same order."""
+    if student.symbols == expert.symbols:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(student.symbols, expert.symbols)) if a != b),
+                 min(len(student), len(expert)))
+    s = student.symbols[first] if first < len(student) else "<end>"
+    e = expert.symbols[first] if first < len(expert) else "<end>"
+    raise ImitKDError(
+        f"the student's target dictionary ({len(student)} symbols, from the data config's vocab_filename) "
+        f"differs from the expert's ({len(expert)} symbols, {expert_desc}) at index {first} ({s!r} vs {e!r}); "
+        "train the student on the expert's target dictionary and BPE"
+    )
+
+
+class Expert:
+    """Frozen fairseq model(s) giving next-token scores for a prefix.
+
+    ``scores(src_tokens, src_lengths, prev_output_tokens)`` returns B×T×V scores whose softmax is the
+    expert's next-token distribution at each prefix position (raw logits for one model, log of the
+    averaged probabilities for an ensemble).
+    """
+
+    def __init__(self, models: List[torch.nn.Module], task, dtype: str = "fp32", description: str = "expert"):
+        self.models, self.task, self.description = models, task, description
+        self.dtype = DTYPES[dtype]
+        for m in self.models:
+            m.requires_grad_(False)
+            m.eval()
+        self._device = None
+
+    @classmethod
+    def from_checkpoints(cls, paths: str, data_dir: Optional[str] = None, vocab_src: Optional[str] = None,
+                         vocab_tgt: Optional[str] = None, dtype: str = "fp32"):
+        """Load ``paths`` (``:``-separated for an ensemble). ``data_dir`` (the seed's ``--path``) is
+        where the expert's task finds its dictionaries/config; ``vocab_src``/``vocab_tgt`` override
+        the dictionaries of a text (translation) expert."""
+        filenames = [p for p in (paths or "").split(os.pathsep) if p]
+        if not filenames:
+            raise ImitKDError("--expert is required: path of the expert checkpoint (':'-separated for an ensemble)")
+        for f in filenames:
+            if not os.path.isfile(f):
+                raise ImitKDError(f"--expert: checkpoint not found: {f}")
+        overrides = {"data": data_dir} if data_dir else {}
+        state = checkpoint_utils.load_checkpoint_to_cpu(filenames[0], overrides or None)
+        cfg = state["cfg"]
+        task = None
+        if vocab_src or vocab_tgt:
+            task = cls._translation_task(cfg, data_dir, vocab_src, vocab_tgt, filenames[0])
+        else:
+            stored = getattr(cfg.task, "data", None)
+            if not data_dir and stored and not os.path.isdir(stored):
+                raise ImitKDError(
+                    f"--expert {filenames[0]}: its data directory {stored} (dictionaries, config) does not exist "
+                    "here; pass --path DIR, or --expert-vocab-src/--expert-vocab-tgt")
+        try:
+            models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+                filenames, arg_overrides=overrides or None, task=task)
+        except FileNotFoundError as e:
+            raise ImitKDError(f"--expert {paths}: {e} (set --path to the expert's data directory)") from None
+        desc = f"expert {':'.join(filenames)}"
+        return cls(models, task, dtype=dtype, description=desc), cfg
+
+    @staticmethod
+    def _translation_task(cfg, data_dir, vocab_src, vocab_tgt, filename):
+        from fairseq.tasks.translation import TranslationTask
+
+        data = data_dir or getattr(cfg.task, "data", "")
+        src_lang, tgt_lang = cfg.task.source_lang, cfg.task.target_lang
+        dicts = []
+        for flag, given, lang in (("--expert-vocab-src", vocab_src, src_lang), ("--expert-vocab-tgt", vocab_tgt, tgt_lang)):
+            path = given or os.path.join(data, f"dict.{lang}.txt")
+            if not os.path.isfile(path):
+                raise ImitKDError(f"{flag}: dictionary not found: {path}")
+            dicts.append(Dictionary.load(path))
+        if cfg.task._name != "translation":
+            raise ImitKDError(f"--expert-vocab-src/--expert-vocab-tgt apply to translation experts; {filename} has task {cfg.task._name}")
+        return TranslationTask(cfg.task, dicts[0], dicts[1])
+
+    @property
+    def source_dictionary(self) -> Optional[Dictionary]:
+        return self.task.source_dictionary
+
+    @property
+    def target_dictionary(self) -> Dictionary:
+        return self.task.target_dictionary
+
+    def to(self, device: torch.device) -> "Expert":
+        if self._device != device:
+            for m in self.models:
+                m.to(device=device, dtype=self.dtype)
+            self._device = device
+        return self
+
+    @torch.no_grad()
+    def scores(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
+        """B×T×V next-token scores (softmax = the expert's distribution), in the expert's dtype.
+
+        Runs under ``no_grad`` (not ``inference_mode``: the result is saved for the student's backward).
+        """
+        self.to(prev_output_tokens.device)
+        if src_tokens.is_floating_point():
+            src_tokens = src_tokens.to(self.dtype)
+        outs = []
+        for m in self.models:
+            if m.training:  # never let a parent's .train() switch on dropout
+                m.eval()
+            logits = m(src_tokens, src_lengths, prev_output_tokens)[0]
+            outs.append(logits)
+        if len(outs) == 1:
+            return outs[0]
+        lprobs = torch.stack([torch.log_softmax(o.float(), dim=-1) for o in outs])
+        return (torch.logsumexp(lprobs, dim=0) - math.log(len(outs))).to(outs[0].dtype)

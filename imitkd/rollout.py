@@ -1,0 +1,103 @@
+"""Student rollouts and the mixing of gold and rollout prefixes.
+
+``student_rollout`` decodes greedily (or by top-k sampling) with fairseq's incremental decoding
+(cached keys/values), under ``no_grad`` with the student in ``eval()`` (restored afterwards), for the
+rows it is given only. Greedy output equals fairseq's ``SequenceGenerator`` with beam 1 (same
+``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
+    """Per-sentence cap on rollout tokens (EOS excluded): floor(a · gold_len + b), gold_len counting EOS."""
+    return (target_lengths.float() * a + b).floor().long().clamp_(min=1)
+
+
+@torch.no_grad()
+def student_rollout(
+    model,
+    src_tokens: Tensor,
+    src_lengths: Tensor,
+    max_len: Tensor,
+    eos: int,
+    pad: int,
+    sample: bool = False,
+    topk: int = 0,
+    temperature: float = 1.0,
+    min_len: int = 1,
+    sync_every: Optional[int] = None,
+) -> Tensor:
+    """Decode the student's own translations.
+
+    Args:
+        model: fairseq encoder-decoder model (e.g. ``S2TTransformerModel``); may be wrapped.
+        src_tokens, src_lengths: the encoder input of the rows to roll out (B′ rows).
+        max_len: B′ per-row caps on the number of non-EOS tokens; EOS is forced after the cap.
+        sample: top-k sampling with ``temperature`` instead of greedy argmax (``topk`` 0 = full vocab).
+        sync_every: check "all rows finished" every N steps (a host sync); default 1 on CPU, 8 on GPU.
+
+    Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
+            src_tokens = src_tokens[:, : int(src_lengths.max())]
+        encoder_out = model.encoder(src_tokens, src_lengths=src_lengths)
+        n, device = src_tokens.size(0), src_tokens.device
+        steps = int(max_len.max()) + 1
+        sync_every = sync_every or (1 if device.type == "cpu" else 8)
+        tokens = torch.full((n, steps + 1), pad, dtype=torch.long, device=device)
+        tokens[:, 0] = eos
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        incremental_state = {}
+        step = 0
+        for step in range(steps):
+            logits = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out,
+                                   incremental_state=incremental_state)[0][:, -1, :].float()
+            logits[:, pad] = -torch.inf
+            if step < min_len:
+                logits[:, eos] = -torch.inf
+            if sample:
+                logits = logits / temperature
+                if 0 < topk < logits.size(-1):
+                    kth = logits.topk(topk, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -torch.inf)
+                next_tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
+            else:
+                next_tokens = logits.argmax(dim=-1)
+            next_tokens = torch.where(max_len <= step, torch.full_like(next_tokens, eos), next_tokens)
+            next_tokens = next_tokens.masked_fill(finished, pad)
+            tokens[:, step + 1] = next_tokens
+            finished |= next_tokens.eq(eos)
+            if (step + 1) % sync_every == 0 and bool(finished.all()):
+                break
+        out = tokens[:, 1 : step + 2]
+        width = int(out.ne(pad).sum(1).max())
+        return out[:, :width]
+    finally:
+        model.train(was_training)
+
+
+def mix_prefixes(gold_prev: Tensor, rollouts: Tensor, rows: Tensor, eos: int, pad: int) -> Tensor:
+    """Decoder inputs where ``rows`` use the student's rollout instead of the gold prefix.
+
+    Args:
+        gold_prev: B×Tg gold ``prev_output_tokens`` (``</s> y1 … y_{n−1}``, right-padded).
+        rollouts: B′×Tr rollout tokens (``ŷ1 … ŷk </s>``, right-padded), one per entry of ``rows``.
+        rows: B′ row indices into the batch.
+
+    Returns B×T decoder inputs: rollout rows become ``</s> ŷ1 … ŷk`` (EOS moved to the front exactly
+    as in fairseq's ``prev_output_tokens``), gold rows are unchanged; T = longest row.
+    """
+    rollout_prev = torch.cat([rollouts.new_full((rollouts.size(0), 1), eos), rollouts[:, :-1]], dim=1)
+    rollout_prev = rollout_prev.masked_fill(rollouts.eq(pad), pad)
+    width = max(gold_prev.size(1), rollout_prev.size(1))
+    mixed = gold_prev.new_full((gold_prev.size(0), width), pad)
+    mixed[:, : gold_prev.size(1)] = gold_prev
+    mixed[rows] = pad
+    mixed[rows, : rollout_prev.size(1)] = rollout_prev
+    return mixed[:, : int(mixed.ne(pad).sum(1).max())]

@@ -1,0 +1,95 @@
+"""A tiny, learnable speech-translation corpus built in seconds, plus the fairseq runs the tests share.
+
+Source sentences are 3–8 words over a 12-word English vocabulary; the "translation" maps each word
+to a German-like word, monotonically. The
+"speech" of each word is a fixed random 80-dim fbank-like prototype held for 4–6 frames, with noise:
+a real (if easy) acoustic mapping that a 1-layer s2t_transformer learns in a few hundred updates.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SRC_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "red", "blue"]
+TGT_WORDS = ["null", "eins", "zwei", "drei", "vier", "fuenf", "sechs", "sieben", "acht", "neun", "rot", "blau"]
+SPLITS = {"train": 240, "dev": 24, "test": 20}
+VENV_BIN = Path(sys.executable).parent
+
+#: architecture flags of the tiny expert (text transformer) and student (s2t transformer)
+EXPERT_ARCH = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
+               "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
+               "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-decoder-input-output-embed").split()
+STUDENT_ARCH = ("--arch s2t_transformer_s --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
+                "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
+                "--encoder-attention-heads 2 --decoder-attention-heads 2 --conv-channels 32 "
+                "--dropout 0.1").split()
+COMMON = "--cpu --num-workers 0 --seed 1 --no-progress-bar --log-format simple --log-interval 10".split()
+
+
+def sentences(n, rng):
+    out = []
+    for _ in range(n):
+        words = rng.integers(0, len(SRC_WORDS), size=int(rng.integers(3, 9)))
+        out.append(([SRC_WORDS[w] for w in words], [TGT_WORDS[w] for w in words]))
+    return out
+
+
+def write_corpus(root: Path, seed: int = 0) -> Path:
+    """Writes text (``text/<split>.{en,de}``) and speech (``s2t/``: npy features, manifests with
+    ``src_text``, config.yaml without BPE); returns root."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(0.0, 3.0, size=(len(SRC_WORDS), 80)).astype(np.float32)
+    (root / "text").mkdir(parents=True, exist_ok=True)
+    feats_dir = root / "s2t" / "feats"
+    feats_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in SPLITS.items():
+        pairs = sentences(n, rng)
+        (root / "text" / f"{split}.en").write_text("".join(" ".join(s) + "\n" for s, _ in pairs))
+        (root / "text" / f"{split}.de").write_text("".join(" ".join(t) + "\n" for _, t in pairs))
+        rows = ["id\taudio\tn_frames\ttgt_text\tspeaker\tsrc_text"]
+        for i, (src, tgt) in enumerate(pairs):
+            frames = [np.repeat(prototypes[SRC_WORDS.index(w)][None], int(rng.integers(4, 7)), 0) for w in src]
+            feats = np.concatenate(frames) + rng.normal(0.0, 0.5, size=(sum(len(f) for f in frames), 80))
+            path = feats_dir / f"{split}_{i}.npy"
+            np.save(path, feats.astype(np.float32))
+            rows.append(f"{split}_{i}\t{path}\t{len(feats)}\t{' '.join(tgt)}\tspk{i % 3}\t{' '.join(src)}")
+        (root / "s2t" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def run(*cmd, cwd=None, check=True, env=None):
+    """Run a fairseq/imitkd CLI from the venv; returns CompletedProcess (stdout+stderr in .stdout)."""
+    exe = cmd[0] if os.path.isabs(cmd[0]) else str(VENV_BIN / cmd[0])
+    proc = subprocess.run([exe, *map(str, cmd[1:])], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def build_expert(root: Path, max_update: int = 300) -> Path:
+    """fairseq-preprocess + fairseq-train a tiny text expert; returns the checkpoint path. The S2T
+    config then uses the expert's target dictionary, so student and expert share it."""
+    bin_dir = root / "mt-bin"
+    run("fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", root / "text/train",
+        "--validpref", root / "text/dev", "--testpref", root / "text/test", "--destdir", bin_dir, "--workers", "1")
+    run("fairseq-train", bin_dir, *EXPERT_ARCH, *COMMON, "--optimizer", "adam", "--lr", "0.005",
+        "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20", "--criterion", "label_smoothed_cross_entropy",
+        "--label-smoothing", "0.1", "--max-tokens", "1000", "--max-update", max_update, "--dropout", "0.1",
+        "--save-dir", root / "expert", "--no-epoch-checkpoints", "--required-batch-size-multiple", "1")
+    s2t = root / "s2t"
+    (s2t / "dict.de.txt").write_text((bin_dir / "dict.de.txt").read_text())
+    (s2t / "config.yaml").write_text("input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.de.txt\n")
+    return root / "expert" / "checkpoint_best.pt"
+
+
+def student_train_args(root: Path, criterion: str, save_dir: Path, max_update: int, extra=()):
+    args = [root / "s2t", "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--train-subset", "train",
+            "--valid-subset", "dev", *STUDENT_ARCH, *COMMON, "--optimizer", "adam", "--lr", "0.003",
+            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20", "--max-tokens", "3000",
+            "--max-update", max_update, "--save-dir", save_dir, "--no-epoch-checkpoints", "--criterion", criterion]
+    if criterion != "label_smoothed_cross_entropy":
+        args += ["--expert", root / "expert" / "checkpoint_best.pt", "--path", root / "mt-bin"]
+    return args + list(extra)
