@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from fairseq import metrics
+from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
@@ -207,7 +207,7 @@ class DistillationCriterion(FairseqCriterion):
         metrics.log_scalar("loss", total("loss") / max(sample_size, 1) / math.log(2), sample_size, round=3)
         if gold_ntokens > 0:
             metrics.log_scalar("nll_loss", total("nll_loss") / gold_ntokens / math.log(2), gold_ntokens, round=3)
-            metrics.log_derived("ppl", lambda meters: 2 ** meters["nll_loss"].avg)
+            metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
             metrics.log_scalar("accuracy", 100.0 * total("n_correct") / gold_ntokens, gold_ntokens, round=2)
             if any("expert_n_correct" in log for log in logging_outputs):
                 metrics.log_scalar("expert_accuracy", 100.0 * total("expert_n_correct") / gold_ntokens, gold_ntokens, round=2)
