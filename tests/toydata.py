@@ -93,3 +93,36 @@ def student_train_args(root: Path, criterion: str, save_dir: Path, max_update: i
     if criterion != "label_smoothed_cross_entropy":
         args += ["--expert", root / "expert" / "checkpoint_best.pt", "--path", root / "mt-bin"]
     return args + list(extra)
+
+
+def build_in_process(root: Path, criterion: str, extra=(), split="train"):
+    """Parse the same flags as the CLI and build (args, task, model, criterion) in this process,
+    with ``split`` loaded. The student is freshly initialised (seeded)."""
+    import torch
+    from fairseq import options, tasks
+
+    import imitkd  # noqa: F401
+
+    torch.manual_seed(1)
+    argv = [str(a) for a in student_train_args(root, criterion, root / "unused", 10, extra)]
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    task = tasks.setup_task(args)
+    task.load_dataset(split)
+    model = task.build_model(args)
+    crit = task.build_criterion(args)
+    return args, task, model, crit
+
+
+def first_batch(task, split="train", max_sentences=None, seed=1):
+    """One collated batch of ``split`` (fairseq's batching; the longest-first order)."""
+    ds = task.dataset(split)
+    itr = task.get_batch_iterator(ds, max_tokens=3000, max_sentences=max_sentences, seed=seed,
+                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
+    return next(iter(itr))
+
+
+def batch_of(task, indices, split="train"):
+    """The collated batch of these dataset rows."""
+    ds = task.dataset(split)
+    return ds.collater([ds[i] for i in indices])

@@ -1,0 +1,251 @@
+"""examples/speech_to_text/prep_s2t_data.py on tiny fake MuST-C / CoVoST / TSV trees."""
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "speech_to_text" / "prep_s2t_data.py"
+sys.path.insert(0, str(SCRIPT.parent))
+prep = importlib.import_module("prep_s2t_data")
+
+SR = 16000
+SRC = ["hello world", "this is a test", "speech translation works", "one more sentence", "short", "the end"]
+TGT = ["hallo welt", "das ist ein test", "sprachübersetzung funktioniert", "noch ein satz", "kurz", "das ende"]
+
+
+def _signal(seed: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    wav = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.02 * rng.standard_normal(t.size)
+    return wav.astype(np.float32)
+
+
+def _write(path: Path, wav: np.ndarray):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wav, SR, subtype="PCM_16")
+
+
+def _expected_fbank(path, start=None, frames=None):
+    if start is None:
+        wav, sr = prep.read_audio(str(path))
+    else:
+        wav, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        wav = wav.mean(axis=1)
+    return prep.kaldi_fbank(wav * 32768.0, sr, 80)
+
+
+def make_tsv_tree(root: Path):
+    """train (4, wav+flac) / dev (2) generic manifests."""
+    expected = {}
+    for split, idx in (("train", range(4)), ("dev", range(4, 6))):
+        lines = ["id\taudio\tsrc_text\ttgt_text\tspeaker"]
+        for i in idx:
+            ext = ".flac" if i % 2 else ".wav"
+            rel = f"audio/utt{i}{ext}"
+            _write(root / rel, _signal(i, 0.3 + 0.1 * i))
+            lines.append(f"utt{i}\t{rel}\t{SRC[i]}\t{TGT[i]}\tspk{i % 2}")
+            expected[f"utt{i}"] = (split, _expected_fbank(root / rel))
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return expected
+
+
+def make_mustc_tree(root: Path, lang="de"):
+    """two talks in train (segments cut by offset/duration), one in dev."""
+    expected = {}
+    plan = {"train": {"talkA": [(0.0, 0.4), (0.5, 0.35)], "talkB": [(0.1, 0.5)]}, "dev": {"talkC": [(0.2, 0.3), (0.0, 0.15)]}}
+    k = 0
+    for split, talks in plan.items():
+        base = root / f"en-{lang}" / "data" / split
+        segs, en, de = [], [], []
+        for t, (talk, cuts) in enumerate(talks.items()):
+            _write(base / "wav" / f"{talk}.wav", _signal(10 + t, 1.0))
+            for off, dur in cuts:
+                segs.append(f"- {{duration: {dur}, offset: {off}, rw: 1, speaker_id: spk_{talk}, wav: {talk}.wav}}")
+                en.append(SRC[k % len(SRC)])
+                de.append(TGT[k % len(TGT)])
+                k += 1
+            for j, (off, dur) in enumerate(sorted(cuts)):  # ids count segments in offset order
+                expected[f"{talk}_{j}"] = (split, _expected_fbank(base / "wav" / f"{talk}.wav", int(off * SR), int(dur * SR)))
+        (base / "txt").mkdir(parents=True, exist_ok=True)
+        (base / "txt" / f"{split}.yaml").write_text("\n".join(segs) + "\n")
+        (base / "txt" / f"{split}.en").write_text("\n".join(en) + "\n")
+        (base / "txt" / f"{split}.{lang}").write_text("\n".join(de) + "\n")
+    return expected
+
+
+def make_covost_tree(root: Path):
+    """CoVoST split files with wav/flac clips (plus one 'mp3' name whose converted .flac exists)."""
+    expected = {}
+    for split, idx in (("train", range(3)), ("dev", range(3, 5))):
+        lines = ["path\tsentence\ttranslation\tclient_id"]
+        for i in idx:
+            name = f"common_voice_en_{i}.mp3" if i == 2 else f"common_voice_en_{i}{'.flac' if i % 2 else '.wav'}"
+            real = (root / "clips" / name).with_suffix(".flac") if i == 2 else root / "clips" / name
+            _write(real, _signal(20 + i, 0.5))
+            lines.append(f"{name}\t{SRC[i]}\t{TGT[i]}\tclient{i % 2}")
+            expected[Path(name).stem] = (split, _expected_fbank(real))
+        (root / f"covost_v2.en_de.{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return expected
+
+
+MAKERS = {"tsv": make_tsv_tree, "mustc": make_mustc_tree, "covost": make_covost_tree}
+
+
+@pytest.mark.parametrize("layout", ["tsv", "mustc", "covost"])
+def test_prepare_layout(tmp_path, layout):
+    from fairseq.data.audio.audio_utils import get_features_or_waveform
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    expected = MAKERS[layout](root)
+    summary = prep.prepare(
+        layout, root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, specaugment="lb", progress=False
+    )
+    assert summary["computed"] == len(expected)
+    assert (out / "fbank80.zip").is_file() and not (out / "fbank80").exists()  # npy removed after packing
+    import zipfile
+
+    with zipfile.ZipFile(out / "fbank80.zip") as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+    seen = set()
+    for split in ("train", "dev"):
+        header = (out / f"{split}.tsv").read_text(encoding="utf-8").split("\n", 1)[0]
+        assert header.split("\t") == ["id", "audio", "n_frames", "tgt_text", "speaker", "src_text"]
+        rows = prep.load_manifest(out / f"{split}.tsv")
+        assert {r["id"] for r in rows} == {k for k, (s, _) in expected.items() if s == split}
+        for r in rows:
+            seen.add(r["id"])
+            assert r["audio"].startswith("fbank80.zip:")
+            feats = get_features_or_waveform(str(out / r["audio"]))
+            ref = expected[r["id"]][1]
+            assert feats.shape == ref.shape == (int(r["n_frames"]), 80)
+            np.testing.assert_allclose(feats, ref, rtol=0, atol=1e-5)
+            assert r["tgt_text"] and r["src_text"]
+            assert r["tgt_text"] in TGT and r["src_text"] in SRC
+    assert seen == set(expected)
+
+    cfg = S2TDataConfig(out / "config.yaml")
+    assert cfg.input_feat_per_channel == 80 and cfg.input_channels == 1
+    assert cfg.vocab_filename == "spm_char40.txt"
+    assert cfg.bpe_tokenizer["bpe"] == "sentencepiece"
+    assert Path(cfg.bpe_tokenizer["sentencepiece_model"]).is_absolute()
+    assert Path(cfg.bpe_tokenizer["sentencepiece_model"]).is_file()
+    assert cfg.get_transforms("", "train", True) == ["utterance_cmvn", "specaugment"]
+    assert cfg.get_transforms("", "dev", False) == ["utterance_cmvn"]
+    assert cfg.config["specaugment"]["freq_mask_F"] == 27
+    assert Path(cfg.audio_root) == out.resolve()
+
+    # dictionary: fairseq gen_vocab convention
+    import sentencepiece as spm
+    from fairseq.data import Dictionary
+
+    sp = spm.SentencePieceProcessor(model_file=cfg.bpe_tokenizer["sentencepiece_model"])
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<s>", "<pad>", "</s>", "<unk>"]
+    lines = (out / "spm_char40.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"{sp.id_to_piece(i)} 1" for i in range(4, sp.get_piece_size())]
+    d = Dictionary.load(str(out / "spm_char40.txt"))
+    assert len(d) == sp.get_piece_size()  # 4 specials + pieces
+
+
+def test_fairseq_dataset_reads_manifest(tmp_path, monkeypatch):
+    """The upstream S2T dataset loader, run from an unrelated cwd, finds the features via audio_root."""
+    from argparse import Namespace
+
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+    from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDatasetCreator
+    from fairseq.data import Dictionary, encoders
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    prep.prepare("tsv", root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, cmvn="utterance", progress=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = S2TDataConfig(out / "config.yaml")
+    tgt_dict = Dictionary.load(str(out / cfg.vocab_filename))
+    bpe = encoders.build_bpe(Namespace(**cfg.bpe_tokenizer))
+    ds = SpeechToTextDatasetCreator.from_tsv(str(out), cfg, "train", tgt_dict, None, bpe, is_train_split=True, epoch=1, seed=1)
+    item = ds[0]
+    assert item.source.shape[1] == 80 and item.target[-1] == tgt_dict.eos()
+    assert tgt_dict.unk() not in item.target.tolist()
+
+
+def test_resume_skips_extraction(tmp_path, monkeypatch):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    calls = []
+    real = prep.kaldi_fbank
+    monkeypatch.setattr(prep, "kaldi_fbank", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(splits=["train", "dev"], vocab_type="char", vocab_size=40, progress=False)
+    assert prep.prepare("tsv", root, out, **kw)["computed"] == 6 and len(calls) == 6
+    zip_bytes = (out / "fbank80.zip").read_bytes()
+    manifest = (out / "train.tsv").read_text()
+    # second run: nothing recomputed, identical zip and manifests
+    assert prep.prepare("tsv", root, out, **kw)["computed"] == 0 and len(calls) == 6
+    assert (out / "fbank80.zip").read_bytes() == zip_bytes and (out / "train.tsv").read_text() == manifest
+    # interrupted run: only the missing utterance is computed and merged into the zip
+    (root / "test.tsv").write_text(
+        "id\taudio\tsrc_text\ttgt_text\nutt9\taudio/utt0.wav\tagain\twieder\n", encoding="utf-8"
+    )
+    kw["splits"] = ["train", "dev", "test"]
+    assert prep.prepare("tsv", root, out, **kw)["computed"] == 1 and len(calls) == 7
+    rows = prep.load_manifest(out / "test.tsv")
+    assert rows[0]["id"] == "utt9" and rows[0]["speaker"] == ""
+    assert len(prep.zip_manifest(out / "fbank80.zip")) == 7
+
+
+def test_reuse_expert_vocab(tmp_path):
+    root, out, out2 = tmp_path / "in", tmp_path / "out", tmp_path / "student"
+    make_tsv_tree(root)
+    s = prep.prepare("tsv", root, out, splits=["train"], vocab_type="unigram", vocab_size=30, progress=False)
+    s2 = prep.prepare(
+        "tsv", root, out2, splits=["train"], vocab_from_dict=Path(s["vocab"]), bpe_from=Path(s["spm_model"]), progress=False
+    )
+    assert Path(s2["vocab"]).read_text() == Path(s["vocab"]).read_text()
+    import yaml
+
+    cfg = yaml.safe_load((out2 / "config.yaml").read_text())
+    assert cfg["vocab_filename"] == Path(s["vocab"]).name
+    assert cfg["bpe_tokenizer"]["sentencepiece_model"] == str((out2 / Path(s["spm_model"]).name).resolve())
+    assert "transforms" not in cfg
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_errors(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    (root / "audio" / "utt1.flac").unlink()
+    r = _cli("--layout", "tsv", "--data-root", root, "--out-dir", tmp_path / "o1", "--splits", "train", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "train.tsv:3" in err and "audio file not found" in err and "utt1.flac" in err
+
+    mroot = tmp_path / "mustc"
+    make_mustc_tree(mroot)
+    de = mroot / "en-de" / "data" / "train" / "txt" / "train.de"
+    de.write_text("\n".join(de.read_text().splitlines()[:-1]) + "\n")
+    r = _cli("--layout", "mustc", "--data-root", mroot, "--out-dir", tmp_path / "o2", "--splits", "train", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert "line count mismatch" in err and "train.de has 2 lines" in err and "3 segments" in err
+
+
+def test_errors_empty_text_and_unreadable_audio(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    tsv = root / "dev.tsv"
+    lines = tsv.read_text().splitlines()
+    lines[2] = "\t".join(lines[2].split("\t")[:3] + ["   ", "spk1"])
+    tsv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(prep.DataPrepError, match=r"dev\.tsv:3: empty translation"):
+        prep.prepare("tsv", root, tmp_path / "o", splits=["dev"], progress=False)
+    (root / "audio" / "utt0.wav").write_bytes(b"this is not audio")
+    with pytest.raises(prep.DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
+        prep.prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False)

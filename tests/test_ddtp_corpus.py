@@ -1,0 +1,198 @@
+"""The offline DDTP-ST en→de corpus (examples/speech_to_text/build_ddtp_st.py), size ci.
+
+Needs espeak-ng (`apt-get install -y espeak-ng`) and deb.debian.org for `apt-get update`; both
+missing pieces FAIL the tests with the fix in the message (CI installs espeak-ng; no silent skips).
+"""
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddtp_fixture import ESPEAK_HINT, build_ci_corpus, load_builder
+
+b = load_builder()
+prep = b.prep
+ALL_SPLITS = ["train", "dev", "test", "dev_unseen", "test_unseen"]
+KALDI_FLOOR = float(np.log(np.finfo(np.float32).eps))  # -15.94: log-mel of digital silence
+
+
+@pytest.fixture(scope="session")
+def ddtp_ci(tmp_path_factory):
+    try:
+        t0 = time.time()
+        out = build_ci_corpus(tmp_path_factory.mktemp("ddtp"))
+        print(f"DDTP-ST ci corpus ready in {time.time() - t0:.1f} s: {out}")
+        return out
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def manifests(ddtp_ci):
+    return {s: prep.load_manifest(ddtp_ci / f"{s}.tsv") for s in ALL_SPLITS}
+
+
+@pytest.fixture(scope="session")
+def translations(ddtp_ci):
+    return {lang: ddtp_ci / "apt" / f"Translation-{lang}" for lang in ("en", "de")}
+
+
+@pytest.fixture(scope="session")
+def selection(translations):
+    return b.select_text(translations, "ci", 1)
+
+
+def _pairs(ddtp_ci, split):
+    return prep.load_manifest(ddtp_ci / "text" / f"{split}.pairs.tsv")
+
+
+def test_espeak_available():
+    import shutil
+
+    assert shutil.which("espeak-ng"), ESPEAK_HINT
+
+
+def test_split_sizes_and_columns(ddtp_ci, manifests):
+    expected = {"train": 200, "dev": 20, "test": 20, "dev_unseen": 20, "test_unseen": 20}
+    assert {s: len(rows) for s, rows in manifests.items()} == expected
+    for s in ALL_SPLITS:
+        header = (ddtp_ci / f"{s}.tsv").read_text(encoding="utf-8").split("\n", 1)[0].split("\t")
+        assert header == ["id", "audio", "n_frames", "tgt_text", "speaker", "src_text"]
+    for s in ("train", "dev", "test"):
+        en = (ddtp_ci / "text" / f"{s}.en").read_text(encoding="utf-8").splitlines()
+        de = (ddtp_ci / "text" / f"{s}.de").read_text(encoding="utf-8").splitlines()
+        assert len(en) == len(de) == expected[s]
+        assert en == [r["src_text"] for r in manifests[s]] and de == [r["tgt_text"] for r in manifests[s]]
+        assert all(3 <= len(x.split()) <= 12 for x in en)  # ci word range
+        assert [r["id"] for r in _pairs(ddtp_ci, s)] == [r["id"] for r in manifests[s]]
+    ids = [r["id"] for rows in manifests.values() for r in rows]
+    assert len(ids) == len(set(ids))
+    # the unseen-voice splits repeat the dev/test sentences
+    for s, base in (("dev_unseen", "dev"), ("test_unseen", "test")):
+        assert [(r["src_text"], r["tgt_text"]) for r in manifests[s]] == [(r["src_text"], r["tgt_text"]) for r in manifests[base]]
+
+
+def test_split_by_package(ddtp_ci):
+    packages = {s: {r["package"] for r in _pairs(ddtp_ci, s)} for s in ("train", "dev", "test")}
+    assert not packages["train"] & packages["dev"]
+    assert not packages["train"] & packages["test"]
+    assert not packages["dev"] & packages["test"]
+    for s, pkgs in packages.items():
+        assert all(b.split_of(p) == s for p in pkgs)
+    # no masked template in two splits
+    skeletons = {s: {b.skeleton(r["src_text"], r["package"]) for r in _pairs(ddtp_ci, s)} for s in packages}
+    assert not skeletons["train"] & (skeletons["dev"] | skeletons["test"])
+
+
+def test_text_selection_deterministic(ddtp_ci, translations, selection):
+    def digest(sel):
+        return hashlib.sha256(json.dumps({s: [(p.package, p.en, p.de) for p in v] for s, v in sel.items()}).encode()).hexdigest()
+
+    sel1, pools1 = selection
+    sel2, pools2 = b.select_text(translations, "ci", 1)
+    assert digest(sel1) == digest(sel2) and pools1 == pools2
+    for s in ("train", "dev", "test"):
+        assert [(r["package"], r["src_text"], r["tgt_text"]) for r in _pairs(ddtp_ci, s)] == [(p.package, p.en, p.de) for p in sel1[s]]
+    plan1, plan2 = b.plan_utterances(sel1, 1), b.plan_utterances(sel2, 1)
+    assert plan1 == plan2
+    sel3, _ = b.select_text(translations, "ci", 2)
+    assert digest(sel3) != digest(sel1)
+    assert min(pools1.values()) > 100  # 4 % buckets leave room for the bigger sizes
+
+
+def test_synthesis_deterministic(ddtp_ci, manifests, selection):
+    """Re-rendering utterances from the plan reproduces the stored features bit for bit."""
+    from fairseq.data.audio.audio_utils import get_features_or_waveform
+
+    plan = b.plan_utterances(selection[0], 1)
+    for s, i in (("train", 0), ("train", 57), ("dev_unseen", 3)):
+        spec, row = plan[s][i], manifests[s][i]
+        assert spec.id == row["id"] and spec.voice == row["speaker"]
+        stored = get_features_or_waveform(str(ddtp_ci / row["audio"]))
+        np.testing.assert_array_equal(b.render(spec), stored)
+
+
+def test_voices(manifests):
+    seen, unseen = set(b.SEEN_VOICES), set(b.UNSEEN_VOICES)
+    assert not seen & unseen
+    for s in ("train", "dev", "test"):
+        assert {r["speaker"] for r in manifests[s]} <= seen
+    for s in ("dev_unseen", "test_unseen"):
+        assert {r["speaker"] for r in manifests[s]} <= unseen
+    assert len({r["speaker"] for r in manifests["train"]}) >= 6  # 200 draws from 8 voices
+    assert {r["speaker"] for s in ("dev_unseen", "test_unseen") for r in manifests[s]} == unseen
+
+
+def test_features(ddtp_ci, manifests):
+    from fairseq.data.audio.audio_utils import get_features_or_waveform
+
+    for s, rows in manifests.items():
+        for r in rows:
+            assert r["audio"].startswith("fbank80.zip:")
+            feats = get_features_or_waveform(str(ddtp_ci / r["audio"]))
+            n = int(r["n_frames"])
+            assert n > 0 and feats.shape == (n, 80) and feats.dtype == np.float32
+            assert np.isfinite(feats).all()
+            # noise is present: no frame sits at the log(eps) floor of digital silence
+            assert not (feats <= KALDI_FLOOR + 0.5).all(axis=1).any(), r["id"]
+            assert feats.min() > KALDI_FLOOR + 1.0
+            assert 30 <= n <= 2000  # 0.3 s .. 20 s for 3-12 words
+
+
+def test_manifest_json(ddtp_ci, translations):
+    m = json.loads((ddtp_ci / "MANIFEST.json").read_text())
+    for lang, path in translations.items():
+        entry = m["inputs"][f"Translation-{lang}"]
+        assert entry["sha256"] == b.sha256_file(path) and entry["bytes"] == path.stat().st_size
+        assert len(entry["sha256"]) == 64
+    assert m["seed"] == 1 and m["size"] == "ci"
+    assert {s: v["pairs"] for s, v in m["splits"].items()} == {"train": 200, "dev": 20, "test": 20, "dev_unseen": 20, "test_unseen": 20}
+    assert m["voices"] == {"seen": list(b.SEEN_VOICES), "unseen": list(b.UNSEEN_VOICES)}
+    assert m["espeak_ng_version"] == b.espeak_version()
+    assert m["created_utc"] and m["build_seconds"] >= 0
+    for name, digest in m["outputs"].items():
+        assert b.sha256_file(ddtp_ci / name) == digest, name
+
+
+def test_joint_spm_and_config(ddtp_ci):
+    import sentencepiece as spm
+    from fairseq.data import Dictionary
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+
+    cfg = S2TDataConfig(ddtp_ci / "config.yaml")
+    assert cfg.vocab_filename == "dict.txt" and cfg.input_feat_per_channel == 80
+    model = Path(cfg.bpe_tokenizer["sentencepiece_model"])
+    assert model.is_absolute() and model == (ddtp_ci / "spm_joint.model").resolve()
+    assert Path(cfg.audio_root) == ddtp_ci.resolve()
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    lines = (ddtp_ci / "dict.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [f"{sp.id_to_piece(i)} 1" for i in range(4, sp.get_piece_size())]
+    d = Dictionary.load(str(ddtp_ci / "dict.txt"))
+    for s in ("train", "dev", "test"):
+        for lang in ("en", "de"):
+            raw = (ddtp_ci / "text" / f"{s}.{lang}").read_text(encoding="utf-8").splitlines()
+            enc = (ddtp_ci / "text" / f"{s}.spm.{lang}").read_text(encoding="utf-8").splitlines()
+            assert len(raw) == len(enc)
+            assert [sp.decode(e.split()) for e in enc[:5]] == raw[:5]
+    train_de = (ddtp_ci / "text" / "train.spm.de").read_text(encoding="utf-8").split()
+    assert sum(d.index(t) == d.unk() for t in train_de) == 0  # joint dict covers its training text
+
+
+def test_rebuild_is_a_noop(ddtp_ci):
+    zip_mtime = (ddtp_ci / "fbank80.zip").stat().st_mtime
+    t0 = time.time()
+    assert build_ci_corpus(ddtp_ci.parent) == ddtp_ci  # (ignores the argument when IMITKD_DATA_CACHE is set)
+    assert (ddtp_ci / "fbank80.zip").stat().st_mtime == zip_mtime
+    assert time.time() - t0 < 20
+
+
+def test_skeleton_and_split_rules():
+    assert b.skeleton("This package contains the libfoo2 shared library.", "libfoo2") == b.skeleton(
+        "This package contains the libbar7 shared library.", "libbar7"
+    )
+    assert b.skeleton("Foo is a tool.", "foo") != b.skeleton("Foo is a game.", "foo")
+    assert {b.split_of(f"pkg{i}") for i in range(500)} == {"train", "dev", "test"}
+    assert b.split_of("bash") == b.split_of("bash")
