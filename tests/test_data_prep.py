@@ -79,14 +79,20 @@ def make_mustc_tree(root: Path, lang="de"):
 
 
 def make_covost_tree(root: Path):
-    """CoVoST split files with wav/flac clips (plus one 'mp3' name whose converted .flac exists)."""
+    """CoVoST split files with wav/flac/mp3 clips (plus one mp3 name whose converted .flac exists)."""
     expected = {}
+    kinds = {0: ".wav", 1: ".mp3", 2: "converted", 3: ".flac", 4: ".wav"}
     for split, idx in (("train", range(3)), ("dev", range(3, 5))):
         lines = ["path\tsentence\ttranslation\tclient_id"]
         for i in idx:
-            name = f"common_voice_en_{i}.mp3" if i == 2 else f"common_voice_en_{i}{'.flac' if i % 2 else '.wav'}"
-            real = (root / "clips" / name).with_suffix(".flac") if i == 2 else root / "clips" / name
-            _write(real, _signal(20 + i, 0.5))
+            kind = kinds[i]
+            name = f"common_voice_en_{i}{'.mp3' if kind == 'converted' else kind}"
+            real = (root / "clips" / name).with_suffix(".flac") if kind == "converted" else root / "clips" / name
+            real.parent.mkdir(parents=True, exist_ok=True)
+            if kind == ".mp3":
+                sf.write(real, _signal(20 + i, 0.5), SR)  # libsndfile >= 1.1 writes/reads MPEG audio
+            else:
+                _write(real, _signal(20 + i, 0.5))
             lines.append(f"{name}\t{SRC[i]}\t{TGT[i]}\tclient{i % 2}")
             expected[Path(name).stem] = (split, _expected_fbank(real))
         (root / f"covost_v2.en_de.{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -104,7 +110,8 @@ def test_prepare_layout(tmp_path, layout):
     root, out = tmp_path / "in", tmp_path / "out"
     expected = MAKERS[layout](root)
     summary = prep.prepare(
-        layout, root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, specaugment="lb", progress=False
+        layout, root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, specaugment="lb", progress=False,
+        workers=2 if layout == "mustc" else 1,  # the process pool path
     )
     assert summary["computed"] == len(expected)
     assert (out / "fbank80.zip").is_file() and not (out / "fbank80").exists()  # npy removed after packing
@@ -247,5 +254,6 @@ def test_errors_empty_text_and_unreadable_audio(tmp_path):
     with pytest.raises(prep.DataPrepError, match=r"dev\.tsv:3: empty translation"):
         prep.prepare("tsv", root, tmp_path / "o", splits=["dev"], progress=False)
     (root / "audio" / "utt0.wav").write_bytes(b"this is not audio")
-    with pytest.raises(prep.DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
-        prep.prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False)
+    for workers in (1, 2):
+        with pytest.raises(prep.DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
+            prep.prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False, workers=workers)

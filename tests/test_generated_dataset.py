@@ -97,9 +97,9 @@ def run_main(capsys, *argv):
 
 
 def assert_one_line_error(err, *needles):
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
+    """stderr is exactly one line 'create_wmt19_generated_dataset.py: error: ...' with all needles."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{gd.PROG}: error: "), err
     for needle in needles:
         assert str(needle) in lines[0], (needle, lines[0])
     return lines[0]
@@ -164,6 +164,7 @@ def work(tmp_path, data):
 
 
 # ------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_logs_are_real_and_out_of_order(data):
     """Preconditions of the other tests: the logs print ids out of order, and hypotheses differ."""
     for log in (data.expert, data.asr):
@@ -176,6 +177,7 @@ def test_logs_are_real_and_out_of_order(data):
     assert sum(expert[i] != asr[i] for i in range(N_TEST)) >= N_TEST // 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [HEADER, ["tgt_text", "extra", "n_frames", "id", "src_text", "audio", "speaker"]])
 def test_replaces_tgt_by_id_and_keeps_columns_by_name(data, tmp_path, capsys, order):
     perm = [HEADER.index(c) for c in order]
@@ -200,6 +202,7 @@ def test_replaces_tgt_by_id_and_keeps_columns_by_name(data, tmp_path, capsys, or
     assert "reference check vs 'tgt_text': 12 match, 0 differ" in err
 
 
+@pytest.mark.slow
 def test_audiotranscripts_and_output_together(data, work, tmp_path, capsys):
     out = tmp_path / "both.tsv"
     status, _, err = run_main(capsys, "-d", work, "-a", data.asr, "-o", data.expert, "-O", out)
@@ -217,17 +220,33 @@ def test_audiotranscripts_and_output_together(data, work, tmp_path, capsys):
     assert "reference check vs 'src_text': 12 match" in err  # ASR log checked against the transcripts
 
 
-def test_asr_log_as_expert_log_fails_reference_check(data, work, capsys):
-    """The ASR log's references are transcripts: as -o (checked against tgt_text) it must fail."""
+@pytest.mark.slow
+def test_reference_check_columns(data, work, tmp_path, capsys):
+    # the ASR log's references are transcripts: as -o (checked against tgt_text) it must fail
     status, _, err = run_main(capsys, "-d", work, "-o", data.asr)
     assert status == 2
-    assert_one_line_error(err, str(data.asr), "reference check failed", "'tgt_text'")
+    assert_one_line_error(err, str(data.asr), "reference check failed",
+                          "12 of 12 T- lines differ from column 'tgt_text'")
     assert not (work.parent / "train_st_generated.tsv").exists()
     status, _, err = run_main(capsys, "-d", work, "-o", data.expert, "--check-ref", "src")
     assert status == 2
     assert_one_line_error(err, str(data.expert), "'src_text'")
+    # an "ASR" log decoded on the ST manifest itself has the translations as references: -a falls back to tgt_text
+    status, _, err = run_main(capsys, "-d", work, "-a", data.expert, "-O", tmp_path / "o.tsv")
+    assert status == 0, err
+    assert "reference check vs 'tgt_text': 12 match" in err
+    # a log without T- lines cannot be verified: a warning in auto mode, an error when asked for
+    no_refs = tmp_path / "no_refs.log"
+    no_refs.write_text("".join(l for l in data.expert.read_text().splitlines(keepends=True) if not l.startswith("T-")))
+    status, _, err = run_main(capsys, "-d", work, "-o", no_refs, "-O", tmp_path / "o.tsv")
+    assert status == 0 and "warning: " in err and "no T- (reference) lines" in err
+    status, _, err = run_main(capsys, "-d", work, "-o", no_refs, "--check-ref", "tgt", "-O", tmp_path / "o2.tsv")
+    assert status == 2
+    assert_one_line_error(err, str(no_refs), "no T- (reference) lines")
+    assert not (tmp_path / "o2.tsv").exists()
 
 
+@pytest.mark.slow
 def test_default_output_name_is_atomic_and_leaves_input(data, work, capsys):
     before = work.read_bytes()
     status, _, err = run_main(capsys, "-d", work, "-o", data.expert)
@@ -248,6 +267,7 @@ def test_default_output_name_is_atomic_and_leaves_input(data, work, capsys):
     assert sorted(p.name for p in work.parent.iterdir()) == ["train_st.tsv", "train_st_generated.tsv"]
 
 
+@pytest.mark.slow
 def test_allow_missing_with_truncated_log(data, work, tmp_path, capsys):
     lines = data.expert.read_text().splitlines(keepends=True)
     cut = next(k for k, line in enumerate(lines) if line.startswith("D-")) + 12  # mid-way, inside a sample
@@ -278,6 +298,7 @@ def test_allow_missing_with_truncated_log(data, work, tmp_path, capsys):
     assert ", ".join(missing_ids) in err
 
 
+@pytest.mark.slow
 def test_log_of_another_row_order_fails(data, tmp_path, capsys):
     perm = list(range(N_TEST))
     random.Random(3).shuffle(perm)
@@ -298,6 +319,7 @@ def test_log_of_another_row_order_fails(data, tmp_path, capsys):
     assert status == 0, err
 
 
+@pytest.mark.slow
 def test_log_without_hypotheses_fails(data, work, tmp_path, capsys):
     quiet = tmp_path / "quiet.log"
     quiet.write_text("".join(line for line in data.expert.read_text().splitlines(keepends=True)
@@ -309,6 +331,7 @@ def test_log_without_hypotheses_fails(data, work, tmp_path, capsys):
     assert sorted(p.name for p in work.parent.iterdir()) == ["quiet.log", "train_st.tsv"]
 
 
+@pytest.mark.slow
 def test_malformed_logs_fail_with_file_and_line(data, work, tmp_path, capsys):
     lines = data.expert.read_text().splitlines(keepends=True)
     k = next(k for k, line in enumerate(lines) if line.startswith("D-"))
@@ -333,13 +356,15 @@ def test_malformed_logs_fail_with_file_and_line(data, work, tmp_path, capsys):
     assert not (work.parent / "train_st_generated.tsv").exists()
 
 
-def test_needs_output_or_audiotranscripts(work, capsys):
-    status, _, err = run_main(capsys, "-d", work)
+def test_needs_output_or_audiotranscripts(tmp_path, capsys):
+    manifest = write_tsv(tmp_path / "train_st.tsv", HEADER, [["u0", "s", "a.wav", "a1", "5", "", "b1"]])
+    status, _, err = run_main(capsys, "-d", manifest)
     assert status == 2
     assert_one_line_error(err, "-o/--output", "-a/--audiotranscripts")
-    assert sorted(p.name for p in work.parent.iterdir()) == ["train_st.tsv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_st.tsv"]
 
 
+@pytest.mark.slow
 def test_bad_manifests(data, tmp_path, capsys):
     no_tgt = write_tsv(tmp_path / "no_tgt.tsv", HEADER[:-1], [r[:-1] for r in data.rows])
     status, _, err = run_main(capsys, "-d", no_tgt, "-o", data.expert)
@@ -355,6 +380,8 @@ def test_bad_manifests(data, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no_tgt.tsv", "ragged.tsv"]
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
 def test_remove_bpe_from_h_lines(data, work, tmp_path, capsys):
     from fairseq.data.data_utils import post_process
 
@@ -373,6 +400,7 @@ def test_remove_bpe_from_h_lines(data, work, tmp_path, capsys):
     assert any(text != h[i] for i, text in enumerate(got))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
 def test_detokenize_moses_on_handwritten_log(tmp_path, capsys):
     manifest = write_tsv(tmp_path / "m.tsv", ["tgt_text", "id"], [["Das ist gut.", "a"], ["Wie geht's?", "b"]])
     log = tmp_path / "expert.log"
