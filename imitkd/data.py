@@ -1,11 +1,16 @@
-"""Expert input in the batch: the manifest's transcript column, encoded for the expert.
+"""Text inputs in the batch, read from manifest columns and encoded in the data loader.
 
-``ExpertSourceDataset`` wraps fairseq's ``SpeechToTextDataset`` (student inputs untouched) and adds
-``sample["expert_input"] = {"src_tokens": B×S long, "src_lengths": B long}`` in the collated batch's
-row order. Encoding happens in ``__getitem__``, i.e. in the data-loader workers.
+``TextInputDataset`` wraps fairseq's ``SpeechToTextDataset`` and, per item, encodes one or more
+text columns (in ``__getitem__``, i.e. in the data-loader workers). In the collated batch, in the
+batch's row order:
+
+* ``sample["expert_input"] = {"src_tokens": B×S long, "src_lengths": B long}`` — the transcript the
+  text expert reads (student inputs stay exactly fairseq's);
+* for a *text* student (the cascade's NMT part), ``sample["net_input"]["src_tokens"/"src_lengths"]``
+  are replaced by the encoded ASR transcript.
 """
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -14,6 +19,8 @@ from fairseq.data import data_utils
 from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset, SpeechToTextDatasetCreator
 
 from .errors import ImitKDError
+
+EXPERT_INPUT, STUDENT_INPUT = "expert_input", "net_input"
 
 
 def read_text_column(root: str, splits: str, column: str, needed_by: str) -> List[str]:
@@ -24,54 +31,54 @@ def read_text_column(root: str, splits: str, column: str, needed_by: str) -> Lis
         path = Path(root) / f"{split}.tsv"
         rows = SpeechToTextDatasetCreator._load_samples_from_tsv(root, split)
         if column not in rows[0]:
-            raise ImitKDError(
-                f"{path}: no '{column}' column (columns: {', '.join(rows[0])}); {needed_by} needs the "
-                f"transcript there (set --expert-src-column to use another column)")
+            raise ImitKDError(f"{path}: no '{column}' column (columns: {', '.join(rows[0])}); {needed_by} reads it")
         for i, row in enumerate(rows):
             if row[column] is None or not row[column].strip():
-                raise ImitKDError(f"{path}: row {i + 2} (id={row.get('id')}) has an empty '{column}'; {needed_by} needs it")
+                raise ImitKDError(f"{path}: row {i + 2} (id={row.get('id')}) has an empty '{column}'; {needed_by} reads it")
         texts.extend(row[column] for row in rows)
     return texts
 
 
-def _base_datasets(dataset):
+def _n_items(dataset) -> int:
     if isinstance(dataset, SpeechToTextDataset):
-        return [dataset]
+        return len(dataset)
     if isinstance(dataset, ConcatDataset) and all(isinstance(d, SpeechToTextDataset) for d in dataset.datasets):
-        return list(dataset.datasets)
+        return len(dataset)
     raise ImitKDError(
-        f"{type(dataset).__name__}: expert inputs work with plain or concatenated speech_to_text manifests "
+        f"{type(dataset).__name__}: text inputs work with plain or concatenated speech_to_text manifests "
         "(set sampling_alpha to 1.0 in the data config)")
 
 
-class ExpertSourceDataset(BaseWrapperDataset):
-    """Adds the expert's encoded source text to every item and batch.
+class TextInputDataset(BaseWrapperDataset):
+    """Adds encoded text columns to every item and batch.
 
     Args:
         dataset: a ``SpeechToTextDataset`` (or a concatenation of them).
-        texts: one source text per item, in dataset order.
-        encoder: ``imitkd.expert.SourceEncoder`` (text → expert token ids with ``</s>``).
+        inputs: ``{EXPERT_INPUT or STUDENT_INPUT: (texts, encoder)}``; ``texts`` has one string per
+            item in dataset order, ``encoder`` is an ``imitkd.expert.SourceEncoder``.
     """
 
-    def __init__(self, dataset, texts: List[str], encoder):
+    def __init__(self, dataset, inputs: Dict[str, Tuple[List[str], object]]):
         super().__init__(dataset)
-        n = sum(len(d) for d in _base_datasets(dataset))
-        if len(texts) != n:
-            raise ImitKDError(f"{len(texts)} source texts for {n} manifest rows")
-        self.texts, self.encoder = texts, encoder
-        self.pad, self.eos = encoder.dictionary.pad(), encoder.dictionary.eos()
+        n = _n_items(dataset)
+        for key, (texts, _) in inputs.items():
+            if len(texts) != n:
+                raise ImitKDError(f"{len(texts)} texts for {key} but {n} manifest rows")
+        self.inputs = inputs
 
     def __getitem__(self, index):
-        return self.dataset[index], self.encoder.encode(self.texts[index])
+        return self.dataset[index], {key: enc.encode(texts[index]) for key, (texts, enc) in self.inputs.items()}
 
     def collater(self, samples):
         if len(samples) == 0:
             return {}
-        batch = self.dataset.collater([s for s, _ in samples], return_order=True)
+        batch = self.dataset.collater([item for item, _ in samples], return_order=True)
         order = batch.pop("order").tolist()
-        tokens = [samples[i][1] for i in order]
-        batch["expert_input"] = {
-            "src_tokens": data_utils.collate_tokens(tokens, self.pad, self.eos, left_pad=False),
-            "src_lengths": torch.tensor([t.numel() for t in tokens], dtype=torch.long),
-        }
+        for key, (_, encoder) in self.inputs.items():
+            tokens = [samples[i][1][key] for i in order]
+            collated = {
+                "src_tokens": data_utils.collate_tokens(tokens, encoder.dictionary.pad(), encoder.dictionary.eos()),
+                "src_lengths": torch.tensor([t.numel() for t in tokens], dtype=torch.long),
+            }
+            batch[key] = {**batch.get(key, {}), **collated}
         return batch

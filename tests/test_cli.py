@@ -130,3 +130,33 @@ def test_bad_inputs_fail_with_one_line(toy, tmp_path):
     args[0] = str(bad_dict)
     out = toydata.run("imitkd-train", *args, check=False)
     assert out.returncode == 2 and "differs from the expert's" in out.stdout and "at index 4" in out.stdout
+
+
+def test_cascade_nmt_student_reads_asr_transcripts(toy, tmp_path):
+    """imit_pipeline_nmt_training: a text student reads a (noisy) ASR column, the expert the gold one."""
+    data = tmp_path / "s2t"
+    shutil.copytree(toy / "s2t", data, ignore=shutil.ignore_patterns("feats"))
+    for split in ("train", "dev", "test"):
+        lines = (data / f"{split}.tsv").read_text().splitlines()
+        out = [lines[0] + "\tasr_text"]
+        for i, line in enumerate(lines[1:]):
+            words = line.split("\t")[-1].split()
+            if i % 2:  # a recognition error every other row
+                words[i % len(words)] = "blue"
+            out.append(f"{line}\t{' '.join(words)}")
+        (data / f"{split}.tsv").write_text("\n".join(out) + "\n")
+    args = [str(a) for a in toydata.student_train_args(toy, "imit_pipeline_nmt_training", tmp_path / "ckpt", 40)]
+    args[0] = str(data)
+    args[args.index("s2t_transformer_s")] = "transformer"
+    del args[args.index("--conv-channels"):args.index("--conv-channels") + 2]
+    text_student = ["--student-src-column", "asr_text", "--student-src-dict", str(toy / "mt-bin" / "dict.en.txt")]
+    out = toydata.run("imitkd-train", *args, *text_student)
+    losses = valid_losses(out.stdout)
+    assert losses[-1] < losses[0] - 0.5 and "rollout_frac" in out.stdout
+    gen = toydata.run("imitkd-generate", data, "--task", "speech_to_text_kd", "--config-yaml", "config.yaml",
+                      "--gen-subset", "test", "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--beam", "2",
+                      "--batch-size", "8", "--cpu", *text_student)
+    assert sum(l.startswith("H-") for l in gen.stdout.splitlines()) == toydata.SPLITS["test"]
+
+    no_column = toydata.run("imitkd-train", *args, check=False)
+    assert no_column.returncode == 2 and "reads text: set --student-src-column" in no_column.stdout

@@ -18,7 +18,7 @@ def test_batch_carries_expert_tokens_in_batch_order_and_student_inputs_untouched
     for row, idx in enumerate(sample["id"].tolist()):
         n = int(sample["expert_input"]["src_lengths"][row])
         tokens = sample["expert_input"]["src_tokens"][row]
-        assert src_dict.string(tokens[: n - 1]) == ds.texts[idx]  # the transcript of *this* row
+        assert src_dict.string(tokens[: n - 1]) == ds.inputs["expert_input"][0][idx]  # the transcript of *this* row
         assert tokens[n - 1] == src_dict.eos() and tokens[n:].eq(src_dict.pad()).all()
 
     plain = tasks.setup_task(Namespace(**{**vars(args), "task": "speech_to_text"}))

@@ -13,7 +13,8 @@ teacher-forced gold NLL, so ``valid_loss`` is comparable across criteria.
 
 Names: ``imit_kd_CE`` (ImitKD-full), ``imit_kd`` (ImitKD-optimal), ``word_kd``/``kd_expert_copy``
 (β ≡ 1), ``imit_kd_ast``/``imit_kd_ast_pure_kd`` (the expert is a speech model reading the same
-audio), ``imit_pipeline_nmt_training`` (a text student reading ASR transcripts, see README).
+audio), ``imit_pipeline_nmt_training`` (a text student reading ASR transcripts from a manifest column,
+``--student-src-column``; needs it set).
 """
 import math
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class DistillationCriterion(FairseqCriterion):
     expert_target = "full"  #: "full" distribution (ImitKD-full, KD) or "argmax" (ImitKD-optimal)
     rollouts = True  #: False: β ≡ 1 (word-level KD)
     expert_reads = "transcript"  #: "transcript" (text NMT expert) or "audio" (speech expert)
+    student_reads = "audio"  #: "audio", or "text" (cascade NMT part: --student-src-column)
 
     def __init__(self, task, cfg: DistillationConfig):
         super().__init__(task)
@@ -82,6 +84,9 @@ class DistillationCriterion(FairseqCriterion):
             raise ImitKDError(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
         if self.rollouts:
             beta_at(0, self.decay_updates, cfg.beta_schedule, cfg.beta, cfg.beta_base)  # validate flags now
+        if self.student_reads == "text" and getattr(task, "student_source", None) is None:
+            raise ImitKDError(f"criterion {self.registered_name} trains a text student: set --student-src-column "
+                              "(the manifest column with ASR transcripts) and a text --arch such as transformer")
         self.expert = self._load_expert(task, cfg)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -235,3 +240,6 @@ WordKD = _register("word_kd", rollouts=False)
 KDExpertCopy = _register("kd_expert_copy", rollouts=False)
 ImitKDAST = _register("imit_kd_ast", expert_reads="audio")
 ImitKDASTPureKD = _register("imit_kd_ast_pure_kd", expert_reads="audio", rollouts=False)
+#: the NMT part of a cascade: a text student reading ASR transcripts (--student-src-column), the
+#: expert reading the gold transcript; ImitKD-full otherwise.
+ImitPipelineNMT = _register("imit_pipeline_nmt_training", student_reads="text")

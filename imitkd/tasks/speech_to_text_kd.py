@@ -5,50 +5,105 @@
   in the batch as ``sample["expert_input"]`` (student inputs stay exactly fairseq's);
 * the training loop's update counter: ``train_step`` passes fairseq's ``update_num`` to the
   criterion (``sample["update_num"]``), which drives the β schedule, so β is exact after a resume
-  and the same on every data-parallel worker.
+  and the same on every data-parallel worker;
+* optionally a *text* student (``--student-src-column asr_text``, the NMT part of an ASR→NMT
+  cascade): it reads that column, encoded with the data config's tokenizer/BPE and
+  ``--student-src-dict`` (default: the target dictionary, a joined vocabulary as in the original recipe).
 """
 import logging
+from pathlib import Path
+
+from fairseq.data import Dictionary
 
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
-from ..data import ExpertSourceDataset, read_text_column
+from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, read_text_column
+from ..errors import ImitKDError
+from ..expert import SourceEncoder
 
 logger = logging.getLogger(__name__)
+
+
+class _KeepExistingFlags:
+    """A parser view that skips flags already defined: a text student's arch (transformer) defines
+    --max-source-positions too, and one flag then serves both."""
+
+    def __init__(self, parser):
+        self._parser = parser
+
+    def add_argument(self, *names, **kwargs):
+        if any(n in self._parser._option_string_actions for n in names):
+            return None
+        return self._parser.add_argument(*names, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
 
 
 @register_task("speech_to_text_kd")
 class SpeechToTextKDTask(SpeechToTextTask):
     @classmethod
     def add_args(cls, parser):
-        super().add_args(parser)
+        super().add_args(_KeepExistingFlags(parser))
         parser.add_argument("--expert-src-column", default="src_text", metavar="COL",
                             help="manifest column the text expert reads (the gold transcript, or an "
                                  "ASR transcript for ImitKDT/KDT); default: src_text")
+        parser.add_argument("--student-src-column", default=None, metavar="COL",
+                            help="train a *text* student (e.g. --arch transformer) reading this manifest "
+                                 "column (ASR transcripts) instead of the audio")
+        parser.add_argument("--student-src-dict", default=None, metavar="FILE",
+                            help="text student: its source dictionary (default: the target dictionary, i.e. a "
+                                 "joined vocabulary); the text is encoded with the data config's tokenizer/BPE")
 
     def __init__(self, args, tgt_dict):
         super().__init__(args, tgt_dict)
-        self.expert_source = None  # (SourceEncoder, criterion name) once a criterion attaches one
+        self.expert_source = None  # (SourceEncoder, who needs it) once a criterion attaches one
+        self.student_source = None
+        if getattr(args, "student_src_column", None):
+            src_dict = tgt_dict
+            if args.student_src_dict:
+                path = Path(args.data) / args.student_src_dict
+                if not path.is_file():
+                    raise ImitKDError(f"--student-src-dict: dictionary not found: {path}")
+                src_dict = Dictionary.load(str(path))
+            self.student_source = SourceEncoder(src_dict, self.build_tokenizer(args), self.build_bpe(args))
+
+    @property
+    def source_dictionary(self):
+        """The text student's source dictionary; None for an audio student."""
+        return self.student_source.dictionary if self.student_source is not None else None
+
+    def build_model(self, args, from_checkpoint=False):
+        from fairseq.models import ARCH_MODEL_REGISTRY
+
+        model_cls = ARCH_MODEL_REGISTRY.get(getattr(args, "arch", None))
+        if self.student_source is None and model_cls is not None and "speech" not in model_cls.__module__:
+            raise ImitKDError(f"--arch {args.arch} reads text: set --student-src-column (the manifest column it "
+                              "reads, e.g. ASR transcripts), or use a speech arch such as s2t_transformer_s")
+        return super().build_model(args, from_checkpoint)
 
     def attach_expert_source(self, encoder, needed_by: str):
         """Called by a criterion whose expert reads text: every split (loaded or not yet) gets it."""
         self.expert_source = (encoder, needed_by)
         for split in list(self.datasets):
-            self.datasets[split] = self._with_expert_source(split, self.datasets[split])
+            self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
 
-    def _with_expert_source(self, split, dataset):
-        if self.expert_source is None:
-            return dataset
-        if isinstance(dataset, ExpertSourceDataset):
+    def _with_text_inputs(self, split, dataset):
+        if isinstance(dataset, TextInputDataset):
             dataset = dataset.dataset
-        encoder, needed_by = self.expert_source
-        column = getattr(self.args, "expert_src_column", "src_text")
-        texts = read_text_column(self.args.data, split, column, needed_by)
-        return ExpertSourceDataset(dataset, texts, encoder)
+        inputs = {}
+        if self.expert_source is not None:
+            encoder, needed_by = self.expert_source
+            inputs[EXPERT_INPUT] = (read_text_column(self.args.data, split, self.args.expert_src_column, needed_by), encoder)
+        if self.student_source is not None:
+            texts = read_text_column(self.args.data, split, self.args.student_src_column, "--student-src-column")
+            inputs[STUDENT_INPUT] = (texts, self.student_source)
+        return TextInputDataset(dataset, inputs) if inputs else dataset
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
-        self.datasets[split] = self._with_expert_source(split, self.datasets[split])
+        self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if sample:
