@@ -30,7 +30,11 @@ def logged(log, key):
 
 def test_word_kd_train_resume_generate(toy, tmp_path):
     save = tmp_path / "ckpt"
-    first = toydata.run("imitkd-train", *toydata.student_train_args(toy, "word_kd", save, 30, ["--kd-weight", "0.8", "--label-smoothing", "0.1"]))
+    first = toydata.run("imitkd-train", *toydata.student_train_args(toy, "word_kd", save, 30, [
+        "--kd-weight", "0.8", "--label-smoothing", "0.1", "--eval-bleu", "--eval-bleu-args", '{"beam": 2}',
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]))
+    bleus = [float(b) for b in re.findall(r"valid on 'dev' subset .*\| bleu ([\d.]+)", first.stdout)]
+    assert len(bleus) >= 5 and max(bleus) > bleus[0] and "best_bleu" in first.stdout
     resumed = toydata.run("imitkd-train", *toydata.student_train_args(toy, "word_kd", save, 45, ["--kd-weight", "0.8", "--label-smoothing", "0.1"]))
     assert "Loaded checkpoint" in resumed.stdout and "@ 30 updates" in resumed.stdout
     losses = valid_losses(first.stdout) + valid_losses(resumed.stdout)

@@ -8,7 +8,8 @@
   and the same on every data-parallel worker;
 * optionally a *text* student (``--student-src-column asr_text``, the NMT part of an ASR→NMT
   cascade): it reads that column, encoded with the data config's tokenizer/BPE and
-  ``--student-src-dict`` (default: the target dictionary, a joined vocabulary as in the original recipe).
+  ``--student-src-dict`` (default: the target dictionary, a joined vocabulary as in the original recipe);
+* validation: the criterion's gold NLL, plus detokenised sacreBLEU with ``--eval-bleu``.
 """
 import logging
 from pathlib import Path
@@ -21,6 +22,7 @@ from fairseq.tasks.speech_to_text import SpeechToTextTask
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, read_text_column
 from ..errors import ImitKDError
 from ..expert import SourceEncoder
+from . import bleu
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +57,12 @@ class SpeechToTextKDTask(SpeechToTextTask):
         parser.add_argument("--student-src-dict", default=None, metavar="FILE",
                             help="text student: its source dictionary (default: the target dictionary, i.e. a "
                                  "joined vocabulary); the text is encoded with the data config's tokenizer/BPE")
+        bleu.add_args(parser)
 
     def __init__(self, args, tgt_dict):
         super().__init__(args, tgt_dict)
         self.expert_source = None  # (SourceEncoder, who needs it) once a criterion attaches one
+        self.bleu_scorer = None
         self.student_source = None
         if getattr(args, "student_src_column", None):
             src_dict = tgt_dict
@@ -81,7 +85,10 @@ class SpeechToTextKDTask(SpeechToTextTask):
         if self.student_source is None and model_cls is not None and "speech" not in model_cls.__module__:
             raise ImitKDError(f"--arch {args.arch} reads text: set --student-src-column (the manifest column it "
                               "reads, e.g. ASR transcripts), or use a speech arch such as s2t_transformer_s")
-        return super().build_model(args, from_checkpoint)
+        model = super().build_model(args, from_checkpoint)
+        if getattr(args, "eval_bleu", False):
+            self.bleu_scorer = bleu.BleuScorer(self, model, args)
+        return model
 
     def attach_expert_source(self, encoder, needed_by: str):
         """Called by a criterion whose expert reads text: every split (loaded or not yet) gets it."""
@@ -104,6 +111,16 @@ class SpeechToTextKDTask(SpeechToTextTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if self.bleu_scorer is not None:
+            logging_output.update(self.bleu_scorer(model, sample))
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        bleu.reduce_metrics(logging_outputs)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if sample:

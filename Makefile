@@ -1,0 +1,36 @@
+# imitkd-ast: two commands do all set-up on a fresh machine
+#   make demo   # builds the offline DDTP-ST corpus, trains an NMT expert and three students, prints a table
+#   make test   # runs the whole test suite
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+
+.PHONY: setup system-deps test test-fast demo bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# espeak-ng (Debian main) synthesises the demo/test speech
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { echo "installing espeak-ng (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+setup: $(VENV)/.installed system-deps
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) examples/imitkd/run_demo.py --size small --out demo
+
+bench: setup
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache
