@@ -185,3 +185,15 @@ def test_ensemble_averages_probabilities(toy, toy_student):
     torch.testing.assert_close(F.softmax(double.scores(src, torch.tensor([4]), prev), -1),
                                F.softmax(single.scores(src, torch.tensor([4]), prev), -1), rtol=1e-5, atol=1e-6)
     assert len(double.models) == 2
+
+
+def test_expert_in_bf16_follows_the_student_device_and_agrees_with_fp32(toy):
+    from imitkd.expert import Expert
+    ck, data = str(toy / "expert" / "checkpoint_best.pt"), str(toy / "mt-bin")
+    fp32, _ = Expert.from_checkpoints(ck, data)
+    bf16, _ = Expert.from_checkpoints(ck, data, dtype="bf16")
+    src, lengths, prev = torch.tensor([[4, 5, 6, 7, 2]]), torch.tensor([5]), torch.tensor([[2, 7, 8, 9]])
+    a, b = fp32.scores(src, lengths, prev), bf16.scores(src, lengths, prev)
+    assert a.dtype == torch.float32 and b.dtype == torch.bfloat16
+    assert next(bf16.models[0].parameters()).dtype == torch.bfloat16
+    torch.testing.assert_close(F.softmax(b.float(), -1), F.softmax(a, -1), rtol=0, atol=0.05)

@@ -49,3 +49,15 @@ def test_source_encoder_uses_fairseq_bpe_and_tokenizer(tmp_path):
     moses = SourceEncoder.build(Dictionary(), tokenizer="moses", bpe="subword_nmt", bpe_codes=str(codes))
     assert moses.tokenizer.encode("decoder's library.") == "decoder &apos;s library ."
     assert moses.bpe.encode("decoder library") == "dec@@ o@@ de@@ r lib@@ r@@ a@@ r@@ y"
+
+
+def test_empty_transcript_cell_is_reported_with_file_and_row(tmp_path):
+    import pytest
+    from imitkd.data import read_text_column
+    from imitkd.errors import ImitKDError
+
+    (tmp_path / "train.tsv").write_text("id\taudio\tn_frames\ttgt_text\tsrc_text\n"
+                                        "a\tx.npy\t5\thallo\thello\nb\ty.npy\t5\twelt\t \n")
+    with pytest.raises(ImitKDError, match=r"train\.tsv: row 3 \(id=b\) has an empty 'src_text'"):
+        read_text_column(str(tmp_path), "train", "src_text", "criterion imit_kd_CE")
+    assert read_text_column(str(tmp_path), "train", "tgt_text", "x") == ["hallo", "welt"]
