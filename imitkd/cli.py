@@ -2,6 +2,7 @@
 
 Passing ``--user-dir <repo>/imitkd`` as well is harmless: fairseq sees the package already imported.
 """
+import os
 import sys
 
 import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
@@ -15,6 +16,12 @@ def _run(main):
     except ImitKDError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2)
+    # Everything is written (fairseq saves checkpoints synchronously). Skip interpreter teardown: on this
+    # CPU build a native thread pool occasionally aborts there ("terminate called without an active
+    # exception", exit -6) after a successful run, which would turn a finished job into a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def train():
