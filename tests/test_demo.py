@@ -1,0 +1,148 @@
+"""The one-command demo (examples/imitkd/run_demo.py, ``make demo``), end to end on the DDTP-ST ci corpus.
+
+The slow test runs every stage with tiny update counts (expert preprocessing + training, the three
+students, beam-search evaluation, table, plot) and checks what a user relies on: the table has the
+three methods with numeric BLEU/chrF, the PNG is valid, the KD students used the expert, β decayed
+in the ImitKD run, every test sentence was translated, and a second run skips every stage.
+Needs espeak-ng and deb.debian.org, like tests/test_ddtp_corpus.py (a missing piece fails with the fix).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddtp_fixture import build_ci_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "imitkd" / "run_demo.py"
+METHODS = ("NLL (label-smoothed CE)", "word-level KD", "ImitKD (imit_kd_CE)")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, str(DEMO), *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
+
+
+def demo_module():
+    if str(DEMO.parent) not in sys.path:
+        sys.path.insert(0, str(DEMO.parent))
+    import run_demo as module
+
+    return module
+
+
+def table_rows(md: str):
+    """{method: [cells]} of the markdown table in results.md."""
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_help_describes_the_stages():
+    out = run_demo("--help", timeout=60)
+    assert out.returncode == 0
+    for word in ("--size", "--out", "--force", "--expert-updates", "--student-updates", "imit_kd_CE", "word_kd"):
+        assert word in out.stdout
+
+
+def test_missing_corpus_is_one_line_error(tmp_path):
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--corpus", tmp_path / "nothing", timeout=120)
+    assert out.returncode == 2
+    errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.tsv missing" in errors[0] and "Traceback" not in out.stdout
+
+
+def test_missing_espeak_is_one_line_error(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", timeout=120, env={**os.environ, "PATH": str(empty)})
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
+    assert errors == ["error: espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)"]
+
+
+@pytest.fixture(scope="module")
+def ddtp_ci(tmp_path_factory):
+    try:
+        return build_ci_corpus(tmp_path_factory.mktemp("ddtp"))
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
+    out_dir = tmp_path / "demo"
+    args = ["--size", "ci", "--out", out_dir, "--corpus", ddtp_ci, "--expert-updates", 30, "--student-updates", 12,
+            "--max-len", 40]
+    first = run_demo(*args)
+    assert first.returncode == 0, first.stdout[-5000:]
+    log = first.stdout
+
+    # the table: three methods (+ the expert ceiling), numeric BLEU and chrF on test and test_unseen
+    md = (out_dir / "results.md").read_text()
+    assert md.strip() in log  # printed as well
+    rows = table_rows(md)
+    for method in METHODS:
+        assert method in rows, md
+        bleu, chrf, bleu_u, chrf_u = (float(x) for x in rows[method][:4])
+        assert 0 <= bleu <= 100 and 0 <= chrf <= 100 and 0 <= bleu_u <= 100 and 0 <= chrf_u <= 100
+        assert re.fullmatch(r"\d+:\d\d", rows[method][-1])  # train time
+    assert any(k.startswith("expert") for k in rows)
+    results = json.loads((out_dir / "results.json").read_text())
+    assert [r["criterion"] for r in results["rows"]] == ["label_smoothed_cross_entropy", "word_kd", "imit_kd_CE"]
+
+    # the plot
+    png = (out_dir / "demo.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and png[12:16] == b"IHDR" and len(png) > 10_000
+
+    # the KD students read the expert (its accuracy on the gold prefixes is logged) ...
+    students = out_dir / "students"
+    for crit in ("word_kd", "imit_kd_CE"):
+        train_log = (students / crit / "train.log").read_text()
+        assert '"expert_accuracy"' in train_log and "--expert-sentencepiece-model" in train_log
+    assert '"expert_accuracy"' not in (students / "label_smoothed_cross_entropy" / "train.log").read_text()
+
+    # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes
+    train, dev = demo_module().curves(students / "imit_kd_CE" / "train.log")
+    betas = [r["beta"] for r in train if r["beta"] is not None]
+    assert len(betas) >= 3 and betas[0] > 0.5 and betas[-1] < 0.1 and betas == sorted(betas, reverse=True)
+    assert max(r["rollout_frac"] for r in train) > 0.5
+    assert dev and all(r["nll"] is not None for r in dev)
+    wkd_train, _ = demo_module().curves(students / "word_kd" / "train.log")
+    assert {r["beta"] for r in wkd_train} == {1.0}
+
+    # every test sentence was translated, by every student and by the expert
+    n_test = len((ddtp_ci / "test.tsv").read_text(encoding="utf-8").splitlines()) - 1
+    assert n_test == 20
+    for system in ("label_smoothed_cross_entropy", "word_kd", "imit_kd_CE"):
+        for split in ("test", "test_unseen"):
+            hyps = (out_dir / "eval" / f"{system}.{split}.hyp").read_text(encoding="utf-8").splitlines()
+            assert len(hyps) == n_test
+            assert json.loads((out_dir / "eval" / f"{system}.{split}.json").read_text())["n"] == n_test
+            assert "\u2581" not in "".join(hyps)  # detokenized
+    assert len((out_dir / "eval" / "expert.test.hyp").read_text(encoding="utf-8").splitlines()) == n_test
+
+    # progress: a line per stage with elapsed time, and training progress lines
+    assert re.search(r"^\[\d\d:\d\d\] == student imit_kd_CE$", log, re.M)
+    assert re.search(r"^\[\d\d:\d\d\]\s+\[imit_kd_CE\] update \d+/12 epoch .*beta", log, re.M)
+    timings = json.loads((out_dir / "timings.json").read_text())["runs"]
+    assert set(timings[-1]["stages"]) >= {"corpus", "expert", "student imit_kd_CE", "evaluation", "report"}
+
+    # resumable: the same command again skips every stage and reproduces the table
+    png_mtime = (out_dir / "demo.png").stat().st_mtime
+    second = run_demo(*args, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "imitkd-train" not in second.stdout and second.stdout.count("skipped") >= 4
+    assert (out_dir / "results.md").read_text() == md
+    assert (out_dir / "demo.png").stat().st_mtime >= png_mtime
+    runs = json.loads((out_dir / "timings.json").read_text())["runs"]
+    assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
+                                  if k.startswith(("expert", "student")))
