@@ -3,7 +3,9 @@
 ``student_rollout`` decodes greedily (or by top-k sampling) with fairseq's incremental decoding
 (cached keys/values), under ``no_grad`` with the student in ``eval()`` (restored afterwards), for the
 rows it is given only. Greedy output equals fairseq's ``SequenceGenerator`` with beam 1 (same
-``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap).
+``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap). Rows
+that have finished are dropped from the decoder batch as they accumulate, and decoding stops as soon
+as every row has finished.
 """
 from typing import Optional
 
@@ -29,6 +31,8 @@ def student_rollout(
     temperature: float = 1.0,
     min_len: int = 1,
     sync_every: Optional[int] = None,
+    compact_frac: float = 0.25,
+    encoder_out: Optional[dict] = None,
 ) -> Tensor:
     """Decode the student's own translations.
 
@@ -37,27 +41,41 @@ def student_rollout(
         src_tokens, src_lengths: the encoder input of the rows to roll out (B′ rows).
         max_len: B′ per-row caps on the number of non-EOS tokens; EOS is forced after the cap.
         sample: top-k sampling with ``temperature`` instead of greedy argmax (``topk`` 0 = full vocab).
-        sync_every: check "all rows finished" every N steps (a host sync); default 1 on CPU, 8 on GPU.
+        sync_every: look at the finished rows every N steps (a host sync); default 1 on CPU, 8 on GPU.
+        compact_frac: when at least this fraction of the rows still being decoded has finished, drop
+            them from the batch (the encoder output and the cached keys/values are re-indexed, as in
+            fairseq's ``SequenceGenerator``); 0 = at every check, ≥ 1 = never.
+        encoder_out: the encoder's output for these rows, if already computed (the encoder is then
+            not run; ``src_tokens``/``src_lengths`` only give the batch size and device).
 
     Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
     """
     was_training = model.training
     model.eval()
     try:
-        if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
-            src_tokens = src_tokens[:, : int(src_lengths.max())]
-        encoder_out = model.encoder(src_tokens, src_lengths=src_lengths)
+        encoder, decoder = model.encoder, model.decoder
+        if encoder_out is None:
+            if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
+                src_tokens = src_tokens[:, : int(src_lengths.max())]
+            encoder_out = encoder(src_tokens, src_lengths=src_lengths)
+        else:  # reorder_encoder_out may re-index its lists in place: keep the caller's intact
+            encoder_out = {k: list(v) if isinstance(v, list) else v for k, v in encoder_out.items()}
         n, device = src_tokens.size(0), src_tokens.device
         steps = int(max_len.max()) + 1
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
-        tokens = torch.full((n, steps + 1), pad, dtype=torch.long, device=device)
-        tokens[:, 0] = eos
+        can_compact = (hasattr(encoder, "reorder_encoder_out")
+                       and hasattr(decoder, "reorder_incremental_state_scripting"))
+        out = torch.full((n, steps + 1), pad, dtype=torch.long, device=device)  # all rows, in input order
+        out[:, 0] = eos
+        tokens = out  # the rows still decoded (a compacted copy once rows were dropped)
+        rows = None  # their indices into ``out`` (None: all, in order)
+        caps = max_len.to(device)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         incremental_state = {}
         step = 0
         for step in range(steps):
-            logits = model.decoder(tokens[:, : step + 1], encoder_out=encoder_out,
-                                   incremental_state=incremental_state)[0][:, -1, :].float()
+            logits = decoder(tokens[:, : step + 1], encoder_out=encoder_out,
+                             incremental_state=incremental_state)[0][:, -1, :].float()
             logits[:, pad] = -torch.inf
             if step < min_len:
                 logits[:, eos] = -torch.inf
@@ -69,13 +87,23 @@ def student_rollout(
                 next_tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
             else:
                 next_tokens = logits.argmax(dim=-1)
-            next_tokens = torch.where(max_len <= step, torch.full_like(next_tokens, eos), next_tokens)
+            next_tokens = torch.where(caps <= step, torch.full_like(next_tokens, eos), next_tokens)
             next_tokens = next_tokens.masked_fill(finished, pad)
             tokens[:, step + 1] = next_tokens
+            if rows is not None:
+                out[rows, step + 1] = next_tokens
             finished |= next_tokens.eq(eos)
-            if (step + 1) % sync_every == 0 and bool(finished.all()):
-                break
-        out = tokens[:, 1 : step + 2]
+            if (step + 1) % sync_every == 0 and step + 1 < steps:
+                n_done, n_left = int(finished.sum()), finished.numel()
+                if n_done == n_left:
+                    break
+                if can_compact and n_done > 0 and n_done >= compact_frac * n_left:
+                    keep = (~finished).nonzero().squeeze(1)
+                    rows = keep if rows is None else rows[keep]
+                    tokens, caps, finished = tokens[keep], caps[keep], finished[keep]
+                    encoder_out = encoder.reorder_encoder_out(encoder_out, keep)
+                    decoder.reorder_incremental_state_scripting(incremental_state, keep)
+        out = out[:, 1 : step + 2]
         width = int(out.ne(pad).sum(1).max())
         return out[:, :width]
     finally:
