@@ -32,7 +32,6 @@ def student_rollout(
     min_len: int = 1,
     sync_every: Optional[int] = None,
     compact_frac: float = 0.25,
-    encoder_out: Optional[dict] = None,
 ) -> Tensor:
     """Decode the student's own translations.
 
@@ -45,8 +44,6 @@ def student_rollout(
         compact_frac: when at least this fraction of the rows still being decoded has finished, drop
             them from the batch (the encoder output and the cached keys/values are re-indexed, as in
             fairseq's ``SequenceGenerator``); 0 = at every check, ≥ 1 = never.
-        encoder_out: the encoder's output for these rows, if already computed (the encoder is then
-            not run; ``src_tokens``/``src_lengths`` only give the batch size and device).
 
     Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
     """
@@ -54,12 +51,9 @@ def student_rollout(
     model.eval()
     try:
         encoder, decoder = model.encoder, model.decoder
-        if encoder_out is None:
-            if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
-                src_tokens = src_tokens[:, : int(src_lengths.max())]
-            encoder_out = encoder(src_tokens, src_lengths=src_lengths)
-        else:  # reorder_encoder_out may re-index its lists in place: keep the caller's intact
-            encoder_out = {k: list(v) if isinstance(v, list) else v for k, v in encoder_out.items()}
+        if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
+            src_tokens = src_tokens[:, : int(src_lengths.max())]
+        encoder_out = encoder(src_tokens, src_lengths=src_lengths)
         n, device = src_tokens.size(0), src_tokens.device
         steps = int(max_len.max()) + 1
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
