@@ -127,6 +127,9 @@ def test_bad_inputs_fail_with_one_line(toy, tmp_path):
                                          map(str, toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "y", 3))], check=False)
     assert out.returncode == 2 and "needs --task speech_to_text_kd" in out.stdout
 
+    out = toydata.run("imitkd-train", *toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "z", 3, ["--beta", "1.5"]), check=False)
+    assert out.returncode == 2 and re.search(r"^error: --beta must be in \[0, 1\], got 1.5$", out.stdout, re.M)
+
     bad_dict = tmp_path / "s2t-dict"
     shutil.copytree(toy / "s2t", bad_dict, ignore=shutil.ignore_patterns("feats"))
     lines = (bad_dict / "dict.de.txt").read_text().splitlines()

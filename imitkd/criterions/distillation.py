@@ -83,7 +83,10 @@ class DistillationCriterion(FairseqCriterion):
         if not 0.0 <= cfg.kd_weight <= 1.0:
             raise ImitKDError(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
         if self.rollouts:
-            beta_at(0, self.decay_updates, cfg.beta_schedule, cfg.beta, cfg.beta_base)  # validate flags now
+            try:  # validate the schedule flags now, not at the first update
+                beta_at(0, self.decay_updates, cfg.beta_schedule, cfg.beta, cfg.beta_base)
+            except ValueError as e:
+                raise ImitKDError(str(e)) from None
         if self.student_reads == "text" and getattr(task, "student_source", None) is None:
             raise ImitKDError(f"criterion {self.registered_name} trains a text student: set --student-src-column "
                               "(the manifest column with ASR transcripts) and a text --arch such as transformer")
