@@ -60,7 +60,6 @@ seconds-long smoke version the tests run. Exit status 2 with a one-line ``error:
 or a failed stage (the failing command's log is named).
 """
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -468,8 +467,7 @@ def _prepare_run_dir(d: Path, key: str, force: bool) -> str:
 
 # --------------------------------------------------------------------------- evaluation
 def read_manifest(path: Path):
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return load_builder().prep.load_manifest(path)
 
 
 def parse_hypotheses(stdout: str, n: int, log: Path):

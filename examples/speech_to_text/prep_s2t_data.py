@@ -150,15 +150,6 @@ def _read_lines(path: Path) -> List[str]:
         return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
-def _read_tsv(path: Path) -> List[Dict[str, str]]:
-    if not path.is_file():
-        raise DataPrepError(f"manifest not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quotechar=None, doublequote=False, quoting=csv.QUOTE_NONE)
-        rows = list(reader)
-        return rows if reader.fieldnames is not None else []
-
-
 def _require_columns(path: Path, rows: List[Dict[str, str]], columns: Sequence[str]):
     if not rows:
         raise DataPrepError(f"{path}: no data rows")
@@ -251,19 +242,19 @@ def read_covost(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "d
         if not full.is_file():
             raise DataPrepError(f"CoVoST manifest for split {split!r} not found: tried {', '.join(map(str, candidates + [full]))}")
         path = full
-        rows = _read_tsv(path)
+        rows = load_manifest(path)
         _require_columns(path, rows, ["path", "translation", "split"])
         rows = [r for r in rows if r["split"] == split]
         if not rows:
             raise DataPrepError(f"{path}: no rows with split == {split!r}")
     else:
-        rows = _read_tsv(path)
+        rows = load_manifest(path)
     _require_columns(path, rows, ["path", "translation"])
     if "sentence" not in rows[0] or "client_id" not in rows[0]:
         validated = root / "validated.tsv"  # Common Voice's own manifest holds sentence and client_id
         if not validated.is_file():
             raise DataPrepError(f"{path}: missing column(s) sentence/client_id and no {validated} to take them from")
-        cv = {r["path"]: r for r in _read_tsv(validated)}
+        cv = {r["path"]: r for r in load_manifest(validated)}
         for r in rows:
             extra = cv.get(r["path"], {})
             r.setdefault("sentence", extra.get("sentence", ""))
@@ -291,7 +282,7 @@ def read_covost(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "d
 def read_tsv_layout(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "de") -> List[Utterance]:
     root = Path(root)
     path = root / f"{split}.tsv"
-    rows = _read_tsv(path)
+    rows = load_manifest(path)
     _require_columns(path, rows, ["id", "audio", "src_text", "tgt_text"])
     utts = []
     for line_no, r in enumerate(rows, start=2):
@@ -515,9 +506,13 @@ def write_manifest(path: Path, rows: Iterable[Dict[str, object]], columns: Seque
 
 
 def load_manifest(path: Path) -> List[Dict[str, str]]:
-    """Read a manifest exactly as fairseq's SpeechToTextDatasetCreator._load_samples_from_tsv does."""
-    with open(path, encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quotechar=None, doublequote=False, lineterminator="\n", quoting=csv.QUOTE_NONE)
+    """Read a TSV (ours or an input layout's) exactly as fairseq's
+    SpeechToTextDatasetCreator._load_samples_from_tsv does (tab, no quoting)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"manifest not found: {path}")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t", quotechar=None, doublequote=False, quoting=csv.QUOTE_NONE)
         return [dict(r) for r in reader]
 
 
