@@ -40,9 +40,8 @@ def read_text_column(root: str, splits: str, column: str, needed_by: str) -> Lis
 
 
 def _n_items(dataset) -> int:
-    if isinstance(dataset, SpeechToTextDataset):
-        return len(dataset)
-    if isinstance(dataset, ConcatDataset) and all(isinstance(d, SpeechToTextDataset) for d in dataset.datasets):
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    if all(isinstance(d, SpeechToTextDataset) for d in parts):
         return len(dataset)
     raise ImitKDError(
         f"{type(dataset).__name__}: text inputs work with plain or concatenated speech_to_text manifests "
