@@ -294,9 +294,9 @@ def build(mode: str, o):
     else:
         criterion = "imit_kd_CE" if name == "reference" else name
         argv += ["--criterion", criterion, "--expert", str(workdir / "expert.pt"), "--path", str(data),
-                 "--expert-dtype", o.expert_dtype]
+                 "--expert-dtype", "fp32" if name == "reference" else o.expert_dtype]  # the seed: fp32 expert
         if name != "word_kd":
-            argv += ["--beta", str(beta), "--beta-schedule", "constant",
+            argv += ["--beta", str(beta), "--beta-schedule", "constant", "--rollout-dtype", o.rollout_dtype,
                      "--rollout-max-len-a", str(o.rollout_max_len_a), f"--rollout-max-len-b={o.rollout_max_len_b}"]
     torch.manual_seed(o.seed)
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
@@ -409,7 +409,7 @@ def machine_info(o) -> dict:
 def size_flags(o):
     flags = []
     for key in list(SIZES) + ["vocab", "seed", "threads", "device", "student_arch", "expert_arch", "expert_layers",
-                              "expert_dtype", "rollout_max_len_a", "rollout_max_len_b"]:
+                              "expert_dtype", "rollout_dtype", "rollout_max_len_a", "rollout_max_len_b"]:
         flags.append(f"--{key.replace('_', '-')}={getattr(o, key)}")
     return flags + (["--bf16"] if o.bf16 else [])
 
@@ -554,9 +554,11 @@ def main(argv=None):
     p.add_argument("--rollout-max-len-b", type=int, default=-1,
                    help="rollout cap a·|gold incl. </s>| + b tokens before </s>; a=1, b=−1: as long as the gold")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--bf16", action="store_true", help="(cuda) bf16 autocast for the forward; expert in bf16")
-    p.add_argument("--expert-dtype", choices=["fp32", "bf16", "fp16"], default=None,
-                   help="--expert-dtype of the criteria (default: bf16 with --bf16, else fp32)")
+    p.add_argument("--bf16", action="store_true", help="(cuda) bf16 autocast for the training forward (student, expert, loss)")
+    p.add_argument("--expert-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="--expert-dtype of our criteria (default auto: bf16 where native; the reference: fp32)")
+    p.add_argument("--rollout-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="--rollout-dtype of our criteria (default auto: bf16 encoder pass where native)")
     p.add_argument("--isolation", choices=["fork", "subprocess"], default=None,
                    help="each mode in a forked child of this process (no re-import; default on CPU) or in "
                         "`python train_step.py --mode M --json` (default with --device cuda)")
@@ -570,7 +572,6 @@ def main(argv=None):
     for key, (full, quick) in SIZES.items():
         if getattr(o, key) is None:
             setattr(o, key, quick if o.quick else full)
-    o.expert_dtype = o.expert_dtype or ("bf16" if o.bf16 else "fp32")
     o.isolation = o.isolation or ("subprocess" if o.device == "cuda" else "fork")
 
     _quiet()
@@ -615,7 +616,8 @@ def main(argv=None):
     rows = summarise(results, modes)
     size = (f"batch {o.batch_size} × {o.frames} frames, targets ≤ {o.max_tgt_len} tokens, vocab {o.vocab}, "
             f"student {o.student_arch}, expert {o.expert_arch} {o.expert_layers}+{o.expert_layers} layers "
-            f"({o.expert_dtype}), rollout cap {o.rollout_max_len_a:g}·|gold|{o.rollout_max_len_b:+d}, "
+            f"(--expert-dtype {o.expert_dtype}), --rollout-dtype {o.rollout_dtype}, "
+            f"rollout cap {o.rollout_max_len_a:g}·|gold|{o.rollout_max_len_b:+d}, "
             f"{o.warmup} warm-up + {o.steps} measured updates × {o.repeats} run(s)"
             + (", bf16 autocast" if o.bf16 else ""))
     print(f"# {info['date']}  {info['cpu']} ({info['cores']} cores"

@@ -2,11 +2,14 @@
 
 ``student_rollout`` decodes greedily (or by top-k sampling) with fairseq's incremental decoding
 (cached keys/values), under ``no_grad`` with the student in ``eval()`` (restored afterwards), for the
-rows it is given only. Greedy output equals fairseq's ``SequenceGenerator`` with beam 1 (same
-``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap). Rows
+rows it is given only. In fp32, greedy output equals fairseq's ``SequenceGenerator`` with beam 1 (same
+``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap);
+the encoder pass and the decoding can each run under autocast (``encoder_dtype``/``decoder_dtype``,
+chosen by the criterion's ``--rollout-dtype``, see ``imitkd.precision``). Rows
 that have finished are dropped from the decoder batch as they accumulate, and decoding stops as soon
 as every row has finished.
 """
+import contextlib
 from typing import Optional
 
 import torch
@@ -32,6 +35,8 @@ def student_rollout(
     min_len: int = 1,
     sync_every: Optional[int] = None,
     compact_frac: float = 0.25,
+    encoder_dtype: Optional[torch.dtype] = None,
+    decoder_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
     """Decode the student's own translations.
 
@@ -44,6 +49,10 @@ def student_rollout(
         compact_frac: when at least this fraction of the rows still being decoded has finished, drop
             them from the batch (the encoder output and the cached keys/values are re-indexed, as in
             fairseq's ``SequenceGenerator``); 0 = at every check, ≥ 1 = never.
+        encoder_dtype, decoder_dtype: autocast dtypes of the encoder pass and of the decoding
+            (None: the model's own precision, also inside a caller's autocast region); the encoder
+            output is cast back to the model's dtype when the decoding does not run under the same
+            autocast.
 
     Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
     """
@@ -53,8 +62,11 @@ def student_rollout(
         encoder, decoder = model.encoder, model.decoder
         if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
             src_tokens = src_tokens[:, : int(src_lengths.max())]
-        encoder_out = encoder(src_tokens, src_lengths=src_lengths)
         n, device = src_tokens.size(0), src_tokens.device
+        with _autocast(device, encoder_dtype):
+            encoder_out = encoder(src_tokens, src_lengths=src_lengths)
+        if encoder_dtype is not None and decoder_dtype != encoder_dtype:
+            encoder_out = _cast_floats(encoder_out, next(decoder.parameters()).dtype)
         steps = int(max_len.max()) + 1
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
         can_compact = (hasattr(encoder, "reorder_encoder_out")
@@ -67,41 +79,62 @@ def student_rollout(
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         incremental_state = {}
         step = 0
-        for step in range(steps):
-            logits = decoder(tokens[:, : step + 1], encoder_out=encoder_out,
-                             incremental_state=incremental_state)[0][:, -1, :].float()
-            logits[:, pad] = -torch.inf
-            if step < min_len:
-                logits[:, eos] = -torch.inf
-            if sample:
-                logits = logits / temperature
-                if 0 < topk < logits.size(-1):
-                    kth = logits.topk(topk, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -torch.inf)
-                next_tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
-            else:
-                next_tokens = logits.argmax(dim=-1)
-            next_tokens = torch.where(caps <= step, torch.full_like(next_tokens, eos), next_tokens)
-            next_tokens = next_tokens.masked_fill(finished, pad)
-            tokens[:, step + 1] = next_tokens
-            if rows is not None:
-                out[rows, step + 1] = next_tokens
-            finished |= next_tokens.eq(eos)
-            if (step + 1) % sync_every == 0 and step + 1 < steps:
-                n_done, n_left = int(finished.sum()), finished.numel()
-                if n_done == n_left:
-                    break
-                if can_compact and n_done > 0 and n_done >= compact_frac * n_left:
-                    keep = (~finished).nonzero().squeeze(1)
-                    rows = keep if rows is None else rows[keep]
-                    tokens, caps, finished = tokens[keep], caps[keep], finished[keep]
-                    encoder_out = encoder.reorder_encoder_out(encoder_out, keep)
-                    decoder.reorder_incremental_state_scripting(incremental_state, keep)
+        with _autocast(device, decoder_dtype):
+            for step in range(steps):
+                logits = decoder(tokens[:, : step + 1], encoder_out=encoder_out,
+                                 incremental_state=incremental_state)[0][:, -1, :].float()
+                logits[:, pad] = -torch.inf
+                if step < min_len:
+                    logits[:, eos] = -torch.inf
+                if sample:
+                    logits = logits / temperature
+                    if 0 < topk < logits.size(-1):
+                        kth = logits.topk(topk, dim=-1).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, -torch.inf)
+                    next_tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
+                else:
+                    next_tokens = logits.argmax(dim=-1)
+                next_tokens = torch.where(caps <= step, torch.full_like(next_tokens, eos), next_tokens)
+                next_tokens = next_tokens.masked_fill(finished, pad)
+                tokens[:, step + 1] = next_tokens
+                if rows is not None:
+                    out[rows, step + 1] = next_tokens
+                finished |= next_tokens.eq(eos)
+                if (step + 1) % sync_every == 0 and step + 1 < steps:
+                    n_done, n_left = int(finished.sum()), finished.numel()
+                    if n_done == n_left:
+                        break
+                    if can_compact and n_done > 0 and n_done >= compact_frac * n_left:
+                        keep = (~finished).nonzero().squeeze(1)
+                        rows = keep if rows is None else rows[keep]
+                        tokens, caps, finished = tokens[keep], caps[keep], finished[keep]
+                        encoder_out = encoder.reorder_encoder_out(encoder_out, keep)
+                        decoder.reorder_incremental_state_scripting(incremental_state, keep)
         out = out[:, 1 : step + 2]
         width = int(out.ne(pad).sum(1).max())
         return out[:, :width]
     finally:
         model.train(was_training)
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype``, or (None) no autocast at all, whatever the caller's context."""
+    if device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _cast_floats(value, dtype: torch.dtype):
+    """``value`` (an encoder output: tensors in dicts/lists/tuples) with floating tensors cast to ``dtype``."""
+    if torch.is_tensor(value):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    if hasattr(value, "_fields"):  # NamedTuple (older fairseq EncoderOut)
+        return type(value)(*(_cast_floats(v, dtype) for v in value))
+    return value
 
 
 def mix_prefixes(gold_prev: Tensor, rollouts: Tensor, rows: Tensor, eos: int, pad: int) -> Tensor:

@@ -9,7 +9,8 @@ from fairseq.sequence_generator import SequenceGenerator
 import toydata
 from imitkd.rollout import mix_prefixes, student_rollout
 
-NO_DROPOUT = ["--dropout", "0"]
+#: deterministic fp32: comparisons with hand computations and fairseq's SequenceGenerator
+EXACT = ["--dropout", "0", "--expert-dtype", "fp32", "--rollout-dtype", "fp32"]
 
 
 def load_student(model, ckpt):
@@ -28,7 +29,7 @@ def hand_ce(model, expert, sample, prev):
 
 
 def test_word_kd_equals_hand_computation_on_two_sentences(toy):
-    args, task, model, crit = toydata.build_in_process(toy, "word_kd", NO_DROPOUT)
+    args, task, model, crit = toydata.build_in_process(toy, "word_kd", EXACT)
     lengths = task.dataset("train").dataset.tgt_lens
     short = next(i for i in range(1, 50) if lengths[i] != lengths[0])
     sample = toydata.batch_of(task, [0, short])
@@ -42,7 +43,7 @@ def test_word_kd_equals_hand_computation_on_two_sentences(toy):
 
 
 def test_padding_contributes_nothing(toy):
-    args, task, model, crit = toydata.build_in_process(toy, "word_kd", NO_DROPOUT)
+    args, task, model, crit = toydata.build_in_process(toy, "word_kd", EXACT)
     sample = toydata.first_batch(task, max_sentences=4)
     model.train()
     loss, size, _ = crit(model, sample)
@@ -59,8 +60,8 @@ def test_padding_contributes_nothing(toy):
 
 
 def test_imit_kd_ce_at_beta_one_equals_word_kd(toy):
-    _, task, model, kd = toydata.build_in_process(toy, "word_kd", NO_DROPOUT)
-    _, _, _, imit = toydata.build_in_process(toy, "imit_kd_CE", NO_DROPOUT + ["--beta", "1", "--beta-schedule", "constant"])
+    _, task, model, kd = toydata.build_in_process(toy, "word_kd", EXACT)
+    _, _, _, imit = toydata.build_in_process(toy, "imit_kd_CE", EXACT + ["--beta", "1", "--beta-schedule", "constant"])
     sample = dict(toydata.first_batch(task), update_num=5)
     model.train()
     l1, s1, _ = kd(model, sample)
@@ -76,7 +77,7 @@ def test_imit_kd_ce_at_beta_one_equals_word_kd(toy):
 def test_imit_kd_ce_on_rollouts_equals_hand_computation_with_sequence_generator(toy, toy_student):
     """β = 0: every prefix is the student's greedy output; rebuild it with fairseq's SequenceGenerator
     and compute the loss by hand."""
-    flags = NO_DROPOUT + ["--beta", "0", "--beta-schedule", "constant", "--rollout-max-len-a", "0", "--rollout-max-len-b", "40"]
+    flags = EXACT + ["--beta", "0", "--beta-schedule", "constant", "--rollout-max-len-a", "0", "--rollout-max-len-b", "40"]
     _, task, model, crit = toydata.build_in_process(toy, "imit_kd_CE", flags)
     load_student(model, toy_student)
     sample = dict(toydata.first_batch(task, max_sentences=6), update_num=0)
@@ -179,8 +180,8 @@ def test_validation_is_gold_nll(toy):
 def test_ensemble_averages_probabilities(toy, toy_student):
     from imitkd.expert import Expert
     ck = str(toy / "expert" / "checkpoint_best.pt")
-    single, _ = Expert.from_checkpoints(ck, str(toy / "mt-bin"))
-    double, _ = Expert.from_checkpoints(f"{ck}:{ck}", str(toy / "mt-bin"))
+    single, _ = Expert.from_checkpoints(ck, str(toy / "mt-bin"), dtype="fp32")
+    double, _ = Expert.from_checkpoints(f"{ck}:{ck}", str(toy / "mt-bin"), dtype="fp32")
     src = torch.tensor([[4, 5, 6, 2]]); prev = torch.tensor([[2, 7, 8]])
     torch.testing.assert_close(F.softmax(double.scores(src, torch.tensor([4]), prev), -1),
                                F.softmax(single.scores(src, torch.tensor([4]), prev), -1), rtol=1e-5, atol=1e-6)
@@ -190,10 +191,61 @@ def test_ensemble_averages_probabilities(toy, toy_student):
 def test_expert_in_bf16_follows_the_student_device_and_agrees_with_fp32(toy):
     from imitkd.expert import Expert
     ck, data = str(toy / "expert" / "checkpoint_best.pt"), str(toy / "mt-bin")
-    fp32, _ = Expert.from_checkpoints(ck, data)
+    fp32, _ = Expert.from_checkpoints(ck, data, dtype="fp32")
     bf16, _ = Expert.from_checkpoints(ck, data, dtype="bf16")
     src, lengths, prev = torch.tensor([[4, 5, 6, 7, 2]]), torch.tensor([5]), torch.tensor([[2, 7, 8, 9]])
     a, b = fp32.scores(src, lengths, prev), bf16.scores(src, lengths, prev)
     assert a.dtype == torch.float32 and b.dtype == torch.bfloat16
     assert next(bf16.models[0].parameters()).dtype == torch.bfloat16
     torch.testing.assert_close(F.softmax(b.float(), -1), F.softmax(a, -1), rtol=0, atol=0.05)
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch):
+    from imitkd import precision
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        assert precision.resolve("auto", cpu) == expected
+        assert precision.resolve("fp32", cpu) == torch.float32 and precision.resolve("bf16", cpu) == torch.bfloat16
+        # CPU: only the rollout's encoder pass is lowered; an fp16/bf16 model is never autocast
+        assert precision.rollout_autocast("auto", cpu, torch.float32) == (None if expected == torch.float32 else expected, None)
+        assert precision.rollout_autocast("bf16", cpu, torch.float16) == (None, None)
+
+
+def test_expert_forward_equals_the_models_own_forward(toy, toy_student):
+    """The expert's faster path (contiguous output projection) gives fairseq's forward bit for bit,
+    for a text transformer expert and for a speech (s2t) expert."""
+    from imitkd.expert import _logits
+    _, task, _, crit = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
+    sample = toydata.first_batch(task, max_sentences=4)
+    prev = sample["net_input"]["prev_output_tokens"]
+    text_expert = crit.expert.models[0]
+    ei = sample["expert_input"]
+    speech_expert = load_student(toydata.build_in_process(toy, "imit_kd_CE", EXACT)[2], toy_student).eval()
+    ni = sample["net_input"]
+    with torch.no_grad():
+        for m, src, lengths in ((text_expert, ei["src_tokens"], ei["src_lengths"]),
+                                (speech_expert, ni["src_tokens"], ni["src_lengths"])):
+            torch.testing.assert_close(_logits(m, src, lengths, prev), m(src, lengths, prev)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_rollouts_and_expert_agree_with_fp32(toy, toy_student):
+    """--rollout-dtype/--expert-dtype bf16 (what ``auto`` picks on CPUs with native bf16 and on GPUs):
+    a trained student's rollouts are the fp32 ones, and the β = 0 loss is within 2 %."""
+    flags = ["--dropout", "0", "--beta", "0", "--beta-schedule", "constant"]
+    _, task, model, exact = toydata.build_in_process(toy, "imit_kd_CE", EXACT + flags[2:])
+    _, _, _, low = toydata.build_in_process(toy, "imit_kd_CE", flags + ["--expert-dtype", "bf16", "--rollout-dtype", "bf16"])
+    load_student(model, toy_student)
+    sample = dict(toydata.first_batch(task, max_sentences=16), update_num=0)
+    ni = sample["net_input"]
+    caps = torch.full((ni["src_tokens"].size(0),), 30)
+    fp32 = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1)
+    bf16 = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1, encoder_dtype=torch.bfloat16)
+    assert bf16.shape == fp32.shape and (bf16 == fp32).float().mean() > 0.95
+    model.train()
+    l32, n32, _ = exact(model, sample)
+    l16, n16, log = low(model, sample)
+    assert low.expert.dtype == torch.bfloat16 and exact.expert.dtype == torch.float32
+    assert log["rollout_rows"] == 16 and abs(n16 - n32) <= 2
+    per_position_32, per_position_16 = l32.item() / n32, l16.item() / n16
+    assert abs(per_position_16 - per_position_32) < 0.02 * per_position_32

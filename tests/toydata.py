@@ -6,6 +6,7 @@ to a German-like word, monotonically. The
 a real (if easy) acoustic mapping that a 1-layer s2t_transformer learns in a few hundred updates.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,16 @@ def write_corpus(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def executable(name: str) -> str:
+    """A console script of the Python running the tests (its venv), else the one on PATH (e.g. a
+    ``pip install --target`` on a machine without the venv)."""
+    path = VENV_BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or str(path))
+
+
 def run(*cmd, cwd=None, check=True, env=None):
     """Run a fairseq/imitkd CLI from the venv; returns CompletedProcess (stdout+stderr in .stdout)."""
-    exe = cmd[0] if os.path.isabs(cmd[0]) else str(VENV_BIN / cmd[0])
+    exe = cmd[0] if os.path.isabs(cmd[0]) else executable(cmd[0])
     proc = subprocess.run([exe, *map(str, cmd[1:])], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     if check and proc.returncode != 0:

@@ -27,6 +27,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
+from .. import precision
 from ..beta import SCHEDULES, beta_at
 from ..errors import ImitKDError
 from ..expert import Expert, SourceEncoder, check_same_dictionary
@@ -46,7 +47,7 @@ class DistillationConfig(FairseqDataclass):
     expert_sentencepiece_model: Optional[str] = field(default=None, metadata={"help": "sentencepiece model of the expert's source side"})
     expert_tokenizer: Optional[str] = field(default=None, metadata={"help": "expert source pre-tokenizer: moses, space or none (default: what the checkpoint recorded)"})
     expert_source_lang: str = field(default="en", metadata={"help": "language of the expert's source (moses tokenizer)"})
-    expert_dtype: ChoiceEnum(["fp32", "fp16", "bf16"]) = field(default="fp32", metadata={"help": "run the expert in this precision (bf16/fp16 save time and memory on GPUs)"})
+    expert_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "precision of the expert; auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32"})
     # beta schedule
     beta: float = field(default=1.0, metadata={"help": "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)"})
     beta_schedule: ChoiceEnum(list(SCHEDULES)) = field(default="exponential", metadata={"help": "β decay per optimizer update: beta·base^(-t/T), linear, inverse_sigmoid or constant"})
@@ -57,6 +58,7 @@ class DistillationConfig(FairseqDataclass):
     rollout: ChoiceEnum(["greedy", "sample"]) = field(default="greedy", metadata={"help": "how the student decodes its own prefixes"})
     rollout_topk: int = field(default=0, metadata={"help": "sampling rollouts: keep the k best tokens (0 = all)"})
     rollout_temperature: float = field(default=1.0, metadata={"help": "sampling rollouts: softmax temperature"})
+    rollout_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator"})
     rollout_max_len_a: float = field(default=1.5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     rollout_max_len_b: int = field(default=5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     # loss
@@ -123,11 +125,13 @@ class DistillationCriterion(FairseqCriterion):
         if self.rollouts and beta < 1.0:
             rows = (torch.rand(bsz, device=target.device) >= beta).nonzero().squeeze(1)
         if rows.numel() > 0:
+            encoder_dtype, decoder_dtype = precision.rollout_autocast(
+                self.cfg.rollout_dtype, target.device, next(model.parameters()).dtype)
             rollouts = student_rollout(
                 model, net_input["src_tokens"][rows], net_input["src_lengths"][rows],
                 length_caps(sample["target_lengths"][rows], self.cfg.rollout_max_len_a, self.cfg.rollout_max_len_b),
                 self.eos, self.pad, sample=self.cfg.rollout == "sample", topk=self.cfg.rollout_topk,
-                temperature=self.cfg.rollout_temperature)
+                temperature=self.cfg.rollout_temperature, encoder_dtype=encoder_dtype, decoder_dtype=decoder_dtype)
             prev = mix_prefixes(gold_prev, rollouts, rows, self.eos, self.pad)
             rollout_tokens = rollouts.ne(self.pad).sum()
         is_gold_row = torch.ones(bsz, dtype=torch.bool, device=target.device)
