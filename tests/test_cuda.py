@@ -34,7 +34,7 @@ def test_criteria_train_on_gpu_in_fp16(toy, tmp_path, criterion, precision):
     losses = [float(x) for x in re.findall(r"valid on 'dev' subset \| loss ([\d.]+)", out.stdout)]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3, losses
     assert re.search(r"expert \S+ runs on cuda\S* in bfloat16 \(--expert-dtype auto\)", out.stdout)
-    train = [float(x) for x in re.findall(r"train \| epoch \d+ \| loss ([^ ]+)", out.stdout)]
+    train = [float(x) for x in re.findall(r"train\W+epoch \d+ \| loss ([^ |]+)", out.stdout)]
     assert train and all(math.isfinite(x) for x in train)
     if criterion != "word_kd":
         assert "rollout_frac" in out.stdout
@@ -100,5 +100,5 @@ def test_fused_loss_on_gpu_in_half_precision(dtype):
     out = kd_cross_entropy(low_z, e.to("cuda", dtype), y.cuda(), 0.7, 0.1)
     grad, = torch.autograd.grad(out.loss.sum(), low_z)
     assert out.loss.dtype == torch.float32 and grad.dtype == dtype
-    torch.testing.assert_close(out.loss.cpu().double(), ref.loss.detach(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.loss.cpu(), ref.loss.detach(), rtol=2e-2, atol=2e-2)  # both float32
     torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=0, atol=2e-3)
