@@ -102,6 +102,7 @@ class Expert:
         for m in self.models:
             m.requires_grad_(False)
             m.eval()
+            _contiguous_layer_inputs(m)
         self._device = None
 
     @classmethod
@@ -204,3 +205,21 @@ def _logits(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: 
     encoder_out = encoder(src_tokens, src_lengths=src_lengths)
     features, _ = decoder.extract_features(prev_output_tokens, encoder_out=encoder_out)
     return decoder.output_layer(features.contiguous())
+
+
+def _contiguous_layer_inputs(model) -> None:
+    """Hand every encoder/decoder layer a contiguous input. fairseq's transformers feed their first
+    layer a transposed (B×T×C → T×B×C) view; its attention projections then run as a batched product
+    over a per-time-step copy of each weight, which costs 25 % of a bf16 expert forward on a CPU
+    (231 → 177 ms, 16 × 30 tokens, 6 + 6 layers). Same values up to the dtype's rounding."""
+    for part in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        layers = getattr(part, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            for layer in layers:
+                layer.register_forward_pre_hook(_make_first_argument_contiguous)
+
+
+def _make_first_argument_contiguous(module, args):
+    if args and torch.is_tensor(args[0]) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None

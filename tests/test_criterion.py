@@ -213,20 +213,18 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch):
 
 
 def test_expert_forward_equals_the_models_own_forward(toy, toy_student):
-    """The expert's faster path (contiguous output projection) gives fairseq's forward bit for bit,
-    for a text transformer expert and for a speech (s2t) expert."""
-    from imitkd.expert import _logits
-    _, task, _, crit = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
+    """The expert's faster path (contiguous layer inputs and output projection) gives fairseq's own
+    forward of the same checkpoint, for a text transformer expert and for a speech (s2t) expert."""
+    from imitkd.expert import Expert
+    _, task, _, _ = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
     sample = toydata.first_batch(task, max_sentences=4)
-    prev = sample["net_input"]["prev_output_tokens"]
-    text_expert = crit.expert.models[0]
-    ei = sample["expert_input"]
-    speech_expert = load_student(toydata.build_in_process(toy, "imit_kd_CE", EXACT)[2], toy_student).eval()
-    ni = sample["net_input"]
-    with torch.no_grad():
-        for m, src, lengths in ((text_expert, ei["src_tokens"], ei["src_lengths"]),
-                                (speech_expert, ni["src_tokens"], ni["src_lengths"])):
-            torch.testing.assert_close(_logits(m, src, lengths, prev), m(src, lengths, prev)[0], rtol=1e-6, atol=1e-6)
+    prev, ei, ni = sample["net_input"]["prev_output_tokens"], sample["expert_input"], sample["net_input"]
+    for ckpt, data, src, lengths in ((toy / "expert" / "checkpoint_best.pt", toy / "mt-bin", ei["src_tokens"], ei["src_lengths"]),
+                                     (toy_student, toy / "s2t", ni["src_tokens"], ni["src_lengths"])):
+        expert, _ = Expert.from_checkpoints(str(ckpt), str(data), dtype="fp32")
+        plain = checkpoint_utils.load_model_ensemble([str(ckpt)], arg_overrides={"data": str(data)})[0][0].eval()
+        with torch.no_grad():
+            torch.testing.assert_close(expert.scores(src, lengths, prev), plain(src, lengths, prev)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_rollouts_and_expert_agree_with_fp32(toy, toy_student):
