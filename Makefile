@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 
-.PHONY: setup system-deps test test-fast demo bench clean
+.PHONY: setup system-deps test test-fast demo bench gpu-check clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/train_step.py
+
+# on a CUDA machine with the pinned packages (GPU_PY: its python, default the venv's): the CUDA smoke
+# tests first (a failure does not stop the benchmark), then the benchmark table in bf16 autocast
+GPU_PY ?= $(PY)
+gpu-check:
+	-$(GPU_PY) -m pytest -q -rs tests/test_cuda.py
+	$(GPU_PY) benchmarks/train_step.py --device cuda --bf16
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
