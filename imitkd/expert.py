@@ -182,11 +182,10 @@ class Expert:
         if src_tokens.is_floating_point():
             src_tokens = src_tokens.to(self.dtype)
         outs = []
-        device_type = prev_output_tokens.device.type
         for m in self.models:
             if m.training:  # never let a parent's .train() switch on dropout
                 m.eval()
-            with torch.autocast(device_type, enabled=False):  # its own precision, not the caller's autocast
+            with precision.autocast(prev_output_tokens.device, None):  # its own precision, not the caller's
                 outs.append(_logits(m, src_tokens, src_lengths, prev_output_tokens))
         if len(outs) == 1:
             return outs[0]

@@ -6,6 +6,7 @@ does bf16 matrix products natively — CUDA GPUs that support bf16, and CPUs wit
 than fp32) — and fp32 elsewhere, where bf16 would be emulated and slower. Neither choice touches
 the student's training forward or its gradients.
 """
+import contextlib
 import functools
 from typing import Optional
 
@@ -57,3 +58,11 @@ def rollout_autocast(flag: str, device: torch.device, param_dtype: torch.dtype):
     27 steps of s2t_transformer_s)."""
     dtype = autocast_dtype(flag, device, param_dtype)
     return dtype, (dtype if device.type == "cuda" else None)
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype``, or (None) no autocast at all, whatever the caller's context (a no-op
+    on devices without autocast)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

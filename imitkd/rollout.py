@@ -9,11 +9,13 @@ chosen by the criterion's ``--rollout-dtype``, see ``imitkd.precision``). Rows
 that have finished are dropped from the decoder batch as they accumulate, and decoding stops as soon
 as every row has finished.
 """
-import contextlib
 from typing import Optional
 
 import torch
+from fairseq import utils
 from torch import Tensor
+
+from .precision import autocast
 
 
 def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
@@ -63,10 +65,11 @@ def student_rollout(
         if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
             src_tokens = src_tokens[:, : int(src_lengths.max())]
         n, device = src_tokens.size(0), src_tokens.device
-        with _autocast(device, encoder_dtype):
+        with autocast(device, encoder_dtype):
             encoder_out = encoder(src_tokens, src_lengths=src_lengths)
-        if encoder_dtype is not None and decoder_dtype != encoder_dtype:
-            encoder_out = _cast_floats(encoder_out, next(decoder.parameters()).dtype)
+        if encoder_dtype is not None and decoder_dtype != encoder_dtype:  # back to the decoder's dtype
+            dtype = next(decoder.parameters()).dtype
+            encoder_out = utils.apply_to_sample(lambda t: t.to(dtype) if t.is_floating_point() else t, encoder_out)
         steps = int(max_len.max()) + 1
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
         can_compact = (hasattr(encoder, "reorder_encoder_out")
@@ -79,7 +82,7 @@ def student_rollout(
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         incremental_state = {}
         step = 0
-        with _autocast(device, decoder_dtype):
+        with autocast(device, decoder_dtype):
             for step in range(steps):
                 logits = decoder(tokens[:, : step + 1], encoder_out=encoder_out,
                                  incremental_state=incremental_state)[0][:, -1, :].float()
@@ -115,26 +118,6 @@ def student_rollout(
         return out[:, :width]
     finally:
         model.train(was_training)
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """Autocast to ``dtype``, or (None) no autocast at all, whatever the caller's context."""
-    if device.type not in ("cpu", "cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def _cast_floats(value, dtype: torch.dtype):
-    """``value`` (an encoder output: tensors in dicts/lists/tuples) with floating tensors cast to ``dtype``."""
-    if torch.is_tensor(value):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {k: _cast_floats(v, dtype) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_cast_floats(v, dtype) for v in value)
-    if hasattr(value, "_fields"):  # NamedTuple (older fairseq EncoderOut)
-        return type(value)(*(_cast_floats(v, dtype) for v in value))
-    return value
 
 
 def mix_prefixes(gold_prev: Tensor, rollouts: Tensor, rows: Tensor, eos: int, pad: int) -> Tensor:
