@@ -297,6 +297,7 @@ def build(mode: str, o):
                  "--expert-dtype", "fp32" if name == "reference" else o.expert_dtype]  # the seed: fp32 expert
         if name != "word_kd":
             argv += ["--beta", str(beta), "--beta-schedule", "constant", "--rollout-dtype", o.rollout_dtype,
+                     "--rollout-decoding", o.rollout_decoding,
                      "--rollout-max-len-a", str(o.rollout_max_len_a), f"--rollout-max-len-b={o.rollout_max_len_b}"]
     torch.manual_seed(o.seed)
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
@@ -409,7 +410,7 @@ def machine_info(o) -> dict:
 def size_flags(o):
     flags = []
     for key in list(SIZES) + ["vocab", "seed", "threads", "device", "student_arch", "expert_arch", "expert_layers",
-                              "expert_dtype", "rollout_dtype", "rollout_max_len_a", "rollout_max_len_b"]:
+                              "expert_dtype", "rollout_dtype", "rollout_decoding", "rollout_max_len_a", "rollout_max_len_b"]:
         flags.append(f"--{key.replace('_', '-')}={getattr(o, key)}")
     return flags + (["--bf16"] if o.bf16 else [])
 
@@ -559,6 +560,8 @@ def main(argv=None):
                    help="--expert-dtype of our criteria (default auto: bf16 where native; the reference: fp32)")
     p.add_argument("--rollout-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="--rollout-dtype of our criteria (default auto: bf16 encoder pass where native)")
+    p.add_argument("--rollout-decoding", choices=["cached", "cuda-graph", "fairseq"], default="cached",
+                   help="--rollout-decoding of our criteria (default cached)")
     p.add_argument("--isolation", choices=["fork", "subprocess"], default=None,
                    help="each mode in a forked child of this process (no re-import; default on CPU) or in "
                         "`python train_step.py --mode M --json` (default with --device cuda)")
@@ -617,6 +620,7 @@ def main(argv=None):
     size = (f"batch {o.batch_size} × {o.frames} frames, targets ≤ {o.max_tgt_len} tokens, vocab {o.vocab}, "
             f"student {o.student_arch}, expert {o.expert_arch} {o.expert_layers}+{o.expert_layers} layers "
             f"(--expert-dtype {o.expert_dtype}), --rollout-dtype {o.rollout_dtype}, "
+            f"--rollout-decoding {o.rollout_decoding}, "
             f"rollout cap {o.rollout_max_len_a:g}·|gold|{o.rollout_max_len_b:+d}, "
             f"{o.warmup} warm-up + {o.steps} measured updates × {o.repeats} run(s)"
             + (", bf16 autocast" if o.bf16 else ""))

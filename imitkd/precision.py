@@ -60,9 +60,9 @@ def rollout_autocast(flag: str, device: torch.device, param_dtype: torch.dtype):
     return dtype, (dtype if device.type == "cuda" else None)
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast(device: torch.device, dtype: Optional[torch.dtype], cache: bool = True):
     """Autocast to ``dtype``, or (None) no autocast at all, whatever the caller's context (a no-op
-    on devices without autocast)."""
+    on devices without autocast); ``cache=False`` for CUDA-graph capture."""
     if not torch.amp.is_autocast_available(device.type):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)

@@ -1,7 +1,8 @@
 """Student rollouts and the mixing of gold and rollout prefixes.
 
-``student_rollout`` decodes greedily (or by top-k sampling) with fairseq's incremental decoding
-(cached keys/values), under ``no_grad`` with the student in ``eval()`` (restored afterwards), for the
+``student_rollout`` decodes greedily (or by top-k sampling) one token at a time over cached
+keys/values (``imitkd.cached_decoder``; fairseq's incremental decoding for decoders it does not
+cover), under ``no_grad`` with the student in ``eval()`` (restored afterwards), for the
 rows it is given only. In fp32, greedy output equals fairseq's ``SequenceGenerator`` with beam 1 (same
 ``min_len=1`` rule: no EOS at the first step; pad never chosen; EOS forced at the length cap);
 the encoder pass and the decoding can each run under autocast (``encoder_dtype``/``decoder_dtype``,
@@ -9,13 +10,18 @@ chosen by the criterion's ``--rollout-dtype``, see ``imitkd.precision``). Rows
 that have finished are dropped from the decoder batch as they accumulate, and decoding stops as soon
 as every row has finished.
 """
+import functools
+import logging
 from typing import Optional
 
 import torch
 from fairseq import utils
 from torch import Tensor
 
+from . import cached_decoder
 from .precision import autocast
+
+logger = logging.getLogger(__name__)
 
 
 def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
@@ -39,6 +45,7 @@ def student_rollout(
     compact_frac: float = 0.25,
     encoder_dtype: Optional[torch.dtype] = None,
     decoder_dtype: Optional[torch.dtype] = None,
+    decoding: str = "cached",
 ) -> Tensor:
     """Decode the student's own translations.
 
@@ -55,6 +62,10 @@ def student_rollout(
             (None: the model's own precision, also inside a caller's autocast region); the encoder
             output is cast back to the model's dtype when the decoding does not run under the same
             autocast.
+        decoding: ``cached`` (``imitkd.cached_decoder``: preallocated key/value cache, one-token steps),
+            ``cuda-graph`` (the same, replayed as one CUDA graph per step on GPUs; ``cached`` elsewhere)
+            or ``fairseq`` (the decoder's own incremental decoding). Decoders that ``cached`` does not
+            cover use fairseq's.
 
     Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
     """
@@ -72,20 +83,17 @@ def student_rollout(
             encoder_out = utils.apply_to_sample(lambda t: t.to(dtype) if t.is_floating_point() else t, encoder_out)
         steps = int(max_len.max()) + 1
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
-        can_compact = (hasattr(encoder, "reorder_encoder_out")
-                       and hasattr(decoder, "reorder_incremental_state_scripting"))
         out = torch.full((n, steps + 1), pad, dtype=torch.long, device=device)  # all rows, in input order
         out[:, 0] = eos
         tokens = out  # the rows still decoded (a compacted copy once rows were dropped)
         rows = None  # their indices into ``out`` (None: all, in order)
         caps = max_len.to(device)
         finished = torch.zeros(n, dtype=torch.bool, device=device)
-        incremental_state = {}
         step = 0
         with autocast(device, decoder_dtype):
+            stepper = _decoder_steps(model, encoder_out, steps, decoding, decoder_dtype)
             for step in range(steps):
-                logits = decoder(tokens[:, : step + 1], encoder_out=encoder_out,
-                                 incremental_state=incremental_state)[0][:, -1, :].float()
+                logits = stepper(tokens[:, : step + 1], step)
                 logits[:, pad] = -torch.inf
                 if step < min_len:
                     logits[:, eos] = -torch.inf
@@ -107,17 +115,77 @@ def student_rollout(
                     n_done, n_left = int(finished.sum()), finished.numel()
                     if n_done == n_left:
                         break
-                    if can_compact and n_done > 0 and n_done >= compact_frac * n_left:
+                    if stepper.can_reorder and n_done > 0 and n_done >= compact_frac * n_left:
                         keep = (~finished).nonzero().squeeze(1)
                         rows = keep if rows is None else rows[keep]
                         tokens, caps, finished = tokens[keep], caps[keep], finished[keep]
-                        encoder_out = encoder.reorder_encoder_out(encoder_out, keep)
-                        decoder.reorder_incremental_state_scripting(incremental_state, keep)
+                        stepper.reorder(keep)
         out = out[:, 1 : step + 2]
         width = int(out.ne(pad).sum(1).max())
         return out[:, :width]
     finally:
         model.train(was_training)
+
+
+class _FairseqSteps:
+    """fairseq's own incremental decoding (``incremental_state``)."""
+
+    def __init__(self, model, encoder_out):
+        self.encoder, self.decoder, self.encoder_out, self.state = model.encoder, model.decoder, encoder_out, {}
+        self.can_reorder = (hasattr(self.encoder, "reorder_encoder_out")
+                            and hasattr(self.decoder, "reorder_incremental_state_scripting"))
+
+    def __call__(self, prefix: Tensor, step: int) -> Tensor:
+        return self.decoder(prefix, encoder_out=self.encoder_out, incremental_state=self.state)[0][:, -1, :].float()
+
+    def reorder(self, rows: Tensor) -> None:
+        self.encoder_out = self.encoder.reorder_encoder_out(self.encoder_out, rows)
+        self.decoder.reorder_incremental_state_scripting(self.state, rows)
+
+
+class _CachedSteps:
+    can_reorder = True
+
+    def __init__(self, decoder: cached_decoder.CachedDecoder):
+        self.decoder = decoder
+
+    def __call__(self, prefix: Tensor, step: int) -> Tensor:
+        return self.decoder.step(prefix[:, step], step)
+
+    def reorder(self, rows: Tensor) -> None:
+        self.decoder.reorder(rows)
+
+
+class _GraphSteps:
+    can_reorder = False
+
+    def __init__(self, graphed: cached_decoder.GraphedStep):
+        self.graphed = graphed
+
+    def __call__(self, prefix: Tensor, step: int) -> Tensor:
+        return self.graphed(prefix[:, step], step)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(reason: str) -> None:
+    logger.info(f"rollouts use fairseq's incremental decoding: {reason}")
+
+
+def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype: Optional[torch.dtype]):
+    """The per-step logits function of ``decoding`` (see ``student_rollout``), called as
+    ``(prefix B×(t+1), t) → B×V`` fp32 logits, with ``can_reorder``/``reorder(rows)``."""
+    if decoding not in ("cached", "cuda-graph", "fairseq"):
+        raise ValueError(f"unknown rollout decoding {decoding!r}")
+    if decoding != "fairseq":
+        reason = cached_decoder.unsupported(model.decoder)
+        if reason is None:
+            device = encoder_out["encoder_out"][0].device
+            if decoding == "cuda-graph" and device.type == "cuda":
+                cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps, static_shapes=True)
+                return _GraphSteps(cached_decoder.GraphedStep(cached, autocast_dtype))
+            return _CachedSteps(cached_decoder.CachedDecoder(model.decoder, encoder_out, steps))
+        _log_fallback(reason)
+    return _FairseqSteps(model, encoder_out)
 
 
 def mix_prefixes(gold_prev: Tensor, rollouts: Tensor, rows: Tensor, eos: int, pad: int) -> Tensor:

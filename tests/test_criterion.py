@@ -96,13 +96,15 @@ def test_imit_kd_ce_on_rollouts_equals_hand_computation_with_sequence_generator(
     torch.testing.assert_close(loss, hand_ce(model, crit.expert, sample, prev), rtol=1e-5, atol=1e-4)
 
 
-def test_greedy_rollouts_equal_sequence_generator(toy, toy_student):
+@pytest.mark.parametrize("decoding", ["cached", "fairseq"])
+def test_greedy_rollouts_equal_sequence_generator(toy, toy_student, decoding):
     _, task, model, crit = toydata.build_in_process(toy, "imit_kd_CE")
     load_student(model, toy_student)
     sample = toydata.first_batch(task, split="train", max_sentences=16)
     rows = torch.tensor([1, 4, 5, 9, 15])
     ni = sample["net_input"]
-    ours = student_rollout(model, ni["src_tokens"][rows], ni["src_lengths"][rows], torch.full((5,), 30), eos=2, pad=1)
+    ours = student_rollout(model, ni["src_tokens"][rows], ni["src_lengths"][rows], torch.full((5,), 30), eos=2, pad=1,
+                           decoding=decoding)
     model.eval()
     sub = {"net_input": {"src_tokens": ni["src_tokens"][rows], "src_lengths": ni["src_lengths"][rows]}}
     hyps = SequenceGenerator([model], task.target_dictionary, beam_size=1, max_len_a=0, max_len_b=30).generate([model], sub)

@@ -2,8 +2,9 @@
 
 Training through the CLI in fairseq's fp16 modes (``--fp16``: half model + loss scaling; ``--amp``:
 fp16 autocast), bf16-autocast training steps in-process (what ``benchmarks/train_step.py --device
-cuda --bf16`` times), and GPU rollouts (host syncs every 8 steps, finished rows compacted) equal to
-fairseq's ``SequenceGenerator`` and to the CPU rollouts.
+cuda --bf16`` times), and GPU rollouts (host syncs every 8 steps, finished rows compacted; the
+cached decoder, its CUDA-graph replay and fairseq's incremental decoding) equal to fairseq's
+``SequenceGenerator`` and to the CPU rollouts.
 """
 import math
 import re
@@ -68,7 +69,8 @@ def test_bf16_autocast_training_steps(toy):
     assert abs(per_position["bf16"] - per_position["fp32"]) < 0.05 * per_position["fp32"], per_position
 
 
-def test_gpu_rollouts_equal_sequence_generator_and_cpu(toy, toy_student):
+@pytest.mark.parametrize("decoding", ["cached", "cuda-graph", "fairseq"])
+def test_gpu_rollouts_equal_sequence_generator_and_cpu(toy, toy_student, decoding):
     _, task, model, _ = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
     load_student(model, toy_student)
     sample = toydata.first_batch(task, max_sentences=16)
@@ -77,7 +79,8 @@ def test_gpu_rollouts_equal_sequence_generator_and_cpu(toy, toy_student):
     on_cpu = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1)
     model.cuda()
     gpu_input = utils.move_to_cuda({"src_tokens": ni["src_tokens"], "src_lengths": ni["src_lengths"]})
-    ours = student_rollout(model, gpu_input["src_tokens"], gpu_input["src_lengths"], caps, eos=2, pad=1)
+    ours = student_rollout(model, gpu_input["src_tokens"], gpu_input["src_lengths"], caps, eos=2, pad=1,
+                           decoding=decoding)
     assert ours.is_cuda and torch.equal(ours.cpu(), on_cpu)
     model.eval()
     hyps = SequenceGenerator([model], task.target_dictionary, beam_size=1, max_len_a=0,
@@ -85,6 +88,45 @@ def test_gpu_rollouts_equal_sequence_generator_and_cpu(toy, toy_student):
     for i, h in enumerate(hyps):
         ref = h[0]["tokens"]
         assert torch.equal(ours[i, : len(ref)], ref) and ours[i, len(ref):].eq(1).all()
+
+
+def test_cuda_graph_rollouts_in_bf16_match_eager_and_free_their_memory(toy, toy_student):
+    """--rollout-dtype bf16 on a GPU: the graphed decoder step gives the eager cached decoder's rollouts
+    (≥ 95 % of tokens; its attention spans all cached positions, masked, so sums may round differently),
+    sampling works with it, and nothing stays allocated after the rollout."""
+    _, task, model, _ = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
+    load_student(model, toy_student)
+    model.cuda()
+    sample = utils.move_to_cuda(toydata.first_batch(task, max_sentences=16))
+    ni = sample["net_input"]
+    caps = torch.full((ni["src_tokens"].size(0),), 30, device="cuda")
+    kw = dict(eos=2, pad=1, encoder_dtype=torch.bfloat16, decoder_dtype=torch.bfloat16)
+    eager = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cached", **kw)
+    graphed = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph", **kw)
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    again = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph", **kw)
+    assert torch.equal(again, graphed)
+    del again
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() <= allocated  # the graph and its buffers were released
+    width = min(eager.size(1), graphed.size(1))
+    assert graphed.ne(1).sum() > 16 * 3
+    assert eager[:, :width].eq(graphed[:, :width]).float().mean() > 0.95
+    torch.manual_seed(0)
+    sampled = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph",
+                              sample=True, topk=1, **kw)
+    assert torch.equal(sampled, graphed)  # top-1 sampling is greedy
+    assert model.training
+
+
+def test_cli_training_with_cuda_graph_rollouts(toy, tmp_path):
+    args = on_gpu(toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "ckpt", 40,
+                                             ["--beta-decay-updates", "40", "--amp", "--rollout-decoding", "cuda-graph"]))
+    out = toydata.run("imitkd-train", *args)
+    losses = [float(x) for x in re.findall(r"valid on 'dev' subset \| loss ([\d.]+)", out.stdout)]
+    assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3, losses
+    assert max(float(x) for x in re.findall(r"rollout_frac[ =]([\d.]+)", out.stdout)) > 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

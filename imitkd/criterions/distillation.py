@@ -59,6 +59,7 @@ class DistillationConfig(FairseqDataclass):
     rollout_topk: int = field(default=0, metadata={"help": "sampling rollouts: keep the k best tokens (0 = all)"})
     rollout_temperature: float = field(default=1.0, metadata={"help": "sampling rollouts: softmax temperature"})
     rollout_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator"})
+    rollout_decoding: ChoiceEnum(["cached", "cuda-graph", "fairseq"]) = field(default="cached", metadata={"help": "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), fairseq (the decoder's incremental_state)"})
     rollout_max_len_a: float = field(default=1.5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     rollout_max_len_b: int = field(default=5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     # loss
@@ -131,7 +132,8 @@ class DistillationCriterion(FairseqCriterion):
                 model, net_input["src_tokens"][rows], net_input["src_lengths"][rows],
                 length_caps(sample["target_lengths"][rows], self.cfg.rollout_max_len_a, self.cfg.rollout_max_len_b),
                 self.eos, self.pad, sample=self.cfg.rollout == "sample", topk=self.cfg.rollout_topk,
-                temperature=self.cfg.rollout_temperature, encoder_dtype=encoder_dtype, decoder_dtype=decoder_dtype)
+                temperature=self.cfg.rollout_temperature, encoder_dtype=encoder_dtype, decoder_dtype=decoder_dtype,
+                decoding=self.cfg.rollout_decoding)
             prev = mix_prefixes(gold_prev, rollouts, rows, self.eos, self.pad)
             rollout_tokens = rollouts.ne(self.pad).sum()
         is_gold_row = torch.ones(bsz, dtype=torch.bool, device=target.device)
