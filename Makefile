@@ -34,10 +34,13 @@ bench: setup
 
 # on a CUDA machine with the pinned packages (GPU_PY: its python, default the venv's): the CUDA smoke
 # tests first (a failure does not stop the benchmark), then the benchmark table in bf16 autocast
+# with rollouts decoded by GPU_DECODING (cached, cuda-graph or fairseq); GPU_BENCH: more benchmark
+# flags, e.g. GPU_BENCH="--modes nll,word_kd,imit_kd_CE@1,imit_kd_CE@0,reference@0"
 GPU_PY ?= $(PY)
+GPU_DECODING ?= cuda-graph
 gpu-check:
 	-$(GPU_PY) -m pytest -q -rs tests/test_cuda.py
-	$(GPU_PY) benchmarks/train_step.py --device cuda --bf16
+	$(GPU_PY) benchmarks/train_step.py --device cuda --bf16 --rollout-decoding $(GPU_DECODING) $(GPU_BENCH)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

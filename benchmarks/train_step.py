@@ -263,13 +263,20 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+DECODINGS = ("cached", "cuda-graph", "fairseq")
+
+
 def parse_mode(mode: str):
-    name, _, beta = mode.partition("@")
+    """``name[@β][/decoding]`` → (name, β or None, --rollout-decoding or None = the --rollout-decoding flag)."""
+    base, _, decoding = mode.partition("/")
+    name, _, beta = base.partition("@")
     if name not in ("nll", "word_kd", "imit_kd", "imit_kd_CE", "reference"):
         raise SystemExit(f"unknown mode {mode!r}")
     if name in ("imit_kd", "imit_kd_CE", "reference") and not beta:
         raise SystemExit(f"mode {mode!r} needs a β: {name}@0.5")
-    return name, (float(beta) if beta else None)
+    if decoding and (decoding not in DECODINGS or name not in ("imit_kd", "imit_kd_CE")):
+        raise SystemExit(f"mode {mode!r}: /{decoding} needs imit_kd or imit_kd_CE and one of {', '.join(DECODINGS)}")
+    return name, (float(beta) if beta else None), (decoding or None)
 
 
 def build(mode: str, o):
@@ -279,7 +286,7 @@ def build(mode: str, o):
     import imitkd  # noqa: F401  (registers the task and criteria; applies compat fixes)
     from fairseq import optim, options, tasks, utils
 
-    name, beta = parse_mode(mode)
+    name, beta, decoding = parse_mode(mode)
     if o.threads:
         torch.set_num_threads(o.threads)
     cuda = o.device == "cuda"
@@ -297,7 +304,7 @@ def build(mode: str, o):
                  "--expert-dtype", "fp32" if name == "reference" else o.expert_dtype]  # the seed: fp32 expert
         if name != "word_kd":
             argv += ["--beta", str(beta), "--beta-schedule", "constant", "--rollout-dtype", o.rollout_dtype,
-                     "--rollout-decoding", o.rollout_decoding,
+                     "--rollout-decoding", decoding or o.rollout_decoding,
                      "--rollout-max-len-a", str(o.rollout_max_len_a), f"--rollout-max-len-b={o.rollout_max_len_b}"]
     torch.manual_seed(o.seed)
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
@@ -488,8 +495,8 @@ def table(rows, o) -> str:
              "| CPU time ×NLL | mem ×NLL | Δ mem ×NLL | speed-up vs reference | loss positions | rollout rows |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, r in rows.items():
-        name, beta = parse_mode(mode)
-        label = name if beta is None else f"{name} β={beta:g}"
+        name, beta, decoding = parse_mode(mode)
+        label = (name if beta is None else f"{name} β={beta:g}") + (f" ({decoding})" if decoding else "")
         ratio = lambda key: f"{r[key] / base[key]:.2f}" if base else "–"  # noqa: E731
         ref = _reference_for(rows, beta) if name in ("imit_kd", "imit_kd_CE") else None
         speedup = f"{ref['ms'] / r['ms']:.2f}× (CPU {ref['cpu_ms'] / r['cpu_ms']:.2f}×)" if ref else "–"
@@ -518,11 +525,12 @@ def check_targets(rows, key="ms") -> list:
             r = get(f"{crit}@1") / get("word_kd")
             out.append((f"{crit} β=1 {what} within 5 % of word_kd (is {r:.3f}×)", abs(r - 1) <= 0.05))
     for mode in rows:
-        name, beta = parse_mode(mode)
+        name, beta, decoding = parse_mode(mode)
         ref = _reference_for(rows, beta) if name in ("imit_kd", "imit_kd_CE") else None
         if ref:
             s = ref[key] / rows[mode][key]
-            out.append((f"{name} β={beta:g} ≥ 1.3× faster than reference ({what}; is {s:.2f}×)", s >= 1.3))
+            label = f"{name} β={beta:g}" + (f" ({decoding})" if decoding else "")
+            out.append((f"{label} ≥ 1.3× faster than reference ({what}; is {s:.2f}×)", s >= 1.3))
     return out
 
 
@@ -560,8 +568,8 @@ def main(argv=None):
                    help="--expert-dtype of our criteria (default auto: bf16 where native; the reference: fp32)")
     p.add_argument("--rollout-dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="--rollout-dtype of our criteria (default auto: bf16 encoder pass where native)")
-    p.add_argument("--rollout-decoding", choices=["cached", "cuda-graph", "fairseq"], default="cached",
-                   help="--rollout-decoding of our criteria (default cached)")
+    p.add_argument("--rollout-decoding", choices=DECODINGS, default="cached",
+                   help="--rollout-decoding of our criteria (default cached); a mode can override it: imit_kd_CE@0/fairseq")
     p.add_argument("--isolation", choices=["fork", "subprocess"], default=None,
                    help="each mode in a forked child of this process (no re-import; default on CPU) or in "
                         "`python train_step.py --mode M --json` (default with --device cuda)")

@@ -187,7 +187,9 @@ class GraphedStep:
             cached.step(self.tokens, self.t)  # warm-up: allocates the self-attention caches
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), autocast(device, autocast_dtype, cache=False):
+        # thread_local: CUDA calls of other threads (e.g. a data loader's pin-memory thread) may go on
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), \
+                autocast(device, autocast_dtype, cache=False):
             self.logits = cached.step(self.tokens, self.t)
 
     def __call__(self, tokens: Tensor, t: int) -> Tensor:
