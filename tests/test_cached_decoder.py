@@ -97,3 +97,21 @@ def test_cached_rollouts_equal_fairseq_rollouts(variant):
         assert torch.equal(ours, fairseq), decoding
     lengths_out = fairseq.ne(1).sum(1)
     assert (lengths_out <= caps + 1).all() and lengths_out.min() < lengths_out.max()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_static_shape_step_never_reads_a_tensor_on_the_host(variant):
+    """What a CUDA graph needs (checked here without a GPU): the static-shape step has no op that
+    copies a value to the host (``.item()``, ``bool(t)``, ``nonzero``), which would break the capture."""
+    from torch.profiler import profile
+
+    model = text_model(**VARIANTS[variant])
+    src, lengths = source_batch()
+    with torch.no_grad():
+        cached = CachedDecoder(model.decoder, model.encoder(src, src_lengths=lengths), 6, static_shapes=True)
+        cached.step(torch.full((5,), 2), torch.tensor(0))  # allocates the caches (done before capture)
+        with profile() as prof:
+            cached.step(torch.full((5,), 7), torch.tensor(1))
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::addmm" in ops or "aten::mm" in ops  # the profile saw the step
+    assert not ops & {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero"}, ops
