@@ -179,6 +179,7 @@ class GraphedStep:
 
     def __init__(self, cached: CachedDecoder, autocast_dtype: Optional[torch.dtype]):
         assert cached.static_shapes
+        self.cached = cached  # the graph reads and writes its buffers: they must live as long as it does
         device = cached.step_range.device
         batch = cached.enc_kv[0][0].size(0)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
