@@ -263,7 +263,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-DECODINGS = ("cached", "cuda-graph", "fairseq")
+DECODINGS = ("cached", "cuda-graph", "fairseq")  # = imitkd.rollout.DECODINGS (not imported: the parser stays torch-free)
 
 
 def parse_mode(mode: str):

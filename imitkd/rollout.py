@@ -23,6 +23,9 @@ from .precision import autocast
 
 logger = logging.getLogger(__name__)
 
+#: ``--rollout-decoding`` choices (see ``student_rollout``)
+DECODINGS = ("cached", "cuda-graph", "fairseq")
+
 
 def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
     """Per-sentence cap on rollout tokens (EOS excluded): floor(a · gold_len + b), gold_len counting EOS."""
@@ -174,7 +177,7 @@ def _log_fallback(reason: str) -> None:
 def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype: Optional[torch.dtype]):
     """The per-step logits function of ``decoding`` (see ``student_rollout``), called as
     ``(prefix B×(t+1), t) → B×V`` fp32 logits, with ``can_reorder``/``reorder(rows)``."""
-    if decoding not in ("cached", "cuda-graph", "fairseq"):
+    if decoding not in DECODINGS:
         raise ValueError(f"unknown rollout decoding {decoding!r}")
     if decoding != "fairseq":
         reason = cached_decoder.unsupported(model.decoder)

@@ -32,7 +32,7 @@ from ..beta import SCHEDULES, beta_at
 from ..errors import ImitKDError
 from ..expert import Expert, SourceEncoder, check_same_dictionary
 from ..losses import kd_cross_entropy
-from ..rollout import length_caps, mix_prefixes, student_rollout
+from ..rollout import DECODINGS, length_caps, mix_prefixes, student_rollout
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DistillationConfig(FairseqDataclass):
     rollout_topk: int = field(default=0, metadata={"help": "sampling rollouts: keep the k best tokens (0 = all)"})
     rollout_temperature: float = field(default=1.0, metadata={"help": "sampling rollouts: softmax temperature"})
     rollout_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator"})
-    rollout_decoding: ChoiceEnum(["cached", "cuda-graph", "fairseq"]) = field(default="cached", metadata={"help": "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), fairseq (the decoder's incremental_state)"})
+    rollout_decoding: ChoiceEnum(list(DECODINGS)) = field(default="cached", metadata={"help": "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), fairseq (the decoder's incremental_state)"})
     rollout_max_len_a: float = field(default=1.5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     rollout_max_len_b: int = field(default=5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
     # loss
