@@ -162,9 +162,14 @@ class CachedDecoder:
 
 
 @functools.lru_cache(maxsize=None)
-def _side_stream(device: torch.device) -> "torch.cuda.Stream":
-    """One warm-up stream per device for the whole process (each stream gets its own cuBLAS workspace)."""
-    return torch.cuda.Stream(device)
+def _capture_resources(device: torch.device) -> Tuple["torch.cuda.Stream", "torch.cuda.MemPool"]:
+    """The side stream and the memory pool that every ``GraphedStep`` on ``device`` captures with, for
+    the whole process. One stream: its cuBLAS workspace is made once, by the first warm-up. One pool,
+    kept alive by this cache: a graph's buffers go back to it when the graph is freed and the next
+    rollout's capture reuses them (a pool of its own per graph would take new device memory at every
+    batch and keep it reserved; a bare ``graph_pool_handle`` dies with the last graph using it)."""
+    with torch.cuda.device(device):
+        return torch.cuda.Stream(device), torch.cuda.MemPool()
 
 
 class GraphedStep:
@@ -172,9 +177,12 @@ class GraphedStep:
 
     fairseq's decoder step is hundreds of small kernels launched from Python; a replay launches them
     all at once. Captured per rollout batch (B and S change between batches) after one warm-up step
-    on a side stream, as PyTorch's CUDA-graph notes prescribe; autocast runs without its weight cache
-    during capture (the casts become part of the graph). The returned logits live in the graph's
-    output buffer: read them before the next call.
+    on the capture stream, as PyTorch's CUDA-graph notes prescribe; autocast runs without its weight
+    cache during capture (the casts become part of the graph). The capture calls
+    ``CUDAGraph.capture_begin``/``capture_end`` itself rather than ``torch.cuda.graph``, whose entry
+    synchronises the device and empties the allocator's cache: harmless once per process, but at
+    every training step it would make the rest of the update allocate its memory afresh.
+    The returned logits live in the graph's output buffer: read them before the next call.
     """
 
     def __init__(self, cached: CachedDecoder, autocast_dtype: Optional[torch.dtype]):
@@ -184,16 +192,18 @@ class GraphedStep:
         batch = cached.enc_kv[0][0].size(0)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.t = torch.zeros((), dtype=torch.long, device=device)
-        side = _side_stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), autocast(device, autocast_dtype, cache=False):
-            cached.step(self.tokens, self.t)  # warm-up: allocates the self-attention caches
-        torch.cuda.current_stream(device).wait_stream(side)
+        stream, pool = _capture_resources(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA calls of other threads (e.g. a data loader's pin-memory thread) may go on
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), \
-                autocast(device, autocast_dtype, cache=False):
-            self.logits = cached.step(self.tokens, self.t)
+        with torch.cuda.stream(stream), autocast(device, autocast_dtype, cache=False):
+            cached.step(self.tokens, self.t)  # warm-up: allocates the self-attention caches
+            # thread_local: CUDA calls of other threads (e.g. a data loader's pin-memory thread) may go on
+            self.graph.capture_begin(pool=pool.id, capture_error_mode="thread_local")
+            try:
+                self.logits = cached.step(self.tokens, self.t)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(stream)
 
     def __call__(self, tokens: Tensor, t: int) -> Tensor:
         self.tokens.copy_(tokens)
