@@ -93,7 +93,8 @@ def test_gpu_rollouts_equal_sequence_generator_and_cpu(toy, toy_student, decodin
 def test_cuda_graph_rollouts_in_bf16_match_eager_and_free_their_memory(toy, toy_student):
     """--rollout-dtype bf16 on a GPU: the graphed decoder step gives the eager cached decoder's rollouts
     (≥ 95 % of tokens; its attention spans all cached positions, masked, so sums may round differently),
-    sampling works with it, and nothing stays allocated after the rollout."""
+    sampling works with it, nothing stays allocated after the rollout, and later rollouts capture into
+    the same memory (no cudaMalloc/cudaFree: the allocator's cache is neither grown nor emptied)."""
     _, task, model, _ = toydata.build_in_process(toy, "imit_kd_CE", EXACT)
     load_student(model, toy_student)
     model.cuda()
@@ -104,12 +105,16 @@ def test_cuda_graph_rollouts_in_bf16_match_eager_and_free_their_memory(toy, toy_
     eager = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cached", **kw)
     graphed = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph", **kw)
     torch.cuda.synchronize()
-    allocated = torch.cuda.memory_allocated()
-    again = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph", **kw)
-    assert torch.equal(again, graphed)
+    allocated, before = torch.cuda.memory_allocated(), torch.cuda.memory_stats()
+    for _ in range(2):
+        again = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, decoding="cuda-graph", **kw)
+        assert torch.equal(again, graphed)
     del again
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= allocated  # the graph and its buffers were released
+    after = torch.cuda.memory_stats()
+    for key in ("num_device_alloc", "num_device_free"):  # later captures reuse the pool; nothing emptied
+        assert after[key] == before[key], (key, before[key], after[key])
     width = min(eager.size(1), graphed.size(1))
     assert graphed.ne(1).sum() > 16 * 3
     assert eager[:, :width].eq(graphed[:, :width]).float().mean() > 0.95
