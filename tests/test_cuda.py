@@ -125,9 +125,10 @@ def test_cuda_graph_rollouts_in_bf16_match_eager_and_free_their_memory(toy, toy_
     assert model.training
 
 
-def test_cli_training_with_cuda_graph_rollouts(toy, tmp_path):
+@pytest.mark.parametrize("precision", ["--amp", "--fp16"])  # graphs captured under bf16 autocast / in fp16
+def test_cli_training_with_cuda_graph_rollouts(toy, tmp_path, precision):
     args = on_gpu(toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "ckpt", 40,
-                                             ["--beta-decay-updates", "40", "--amp", "--rollout-decoding", "cuda-graph"]))
+                                             ["--beta-decay-updates", "40", precision, "--rollout-decoding", "cuda-graph"]))
     out = toydata.run("imitkd-train", *args)
     losses = [float(x) for x in re.findall(r"valid on 'dev' subset \| loss ([\d.]+)", out.stdout)]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3, losses
