@@ -115,3 +115,94 @@ def test_static_shape_step_never_reads_a_tensor_on_the_host(variant):
     ops = {e.key for e in prof.key_averages()}
     assert "aten::addmm" in ops or "aten::mm" in ops  # the profile saw the step
     assert not ops & {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero"}, ops
+
+
+class _CpuGraph:
+    """``torch.cuda.CUDAGraph`` as a CPU stand-in: ``capture_begin``/``capture_end`` record every ATen
+    call in between (with the tensors it read and wrote), ``replay`` re-runs those calls and writes
+    their results into the tensors the capture produced — no Python of the captured code runs again,
+    values computed on the host at capture time stay frozen, and fresh tensors made during capture
+    (e.g. zero-filled) are refilled at every replay: what a CUDA graph does."""
+
+    def __init__(self):
+        self.ops, self.capture_args = [], None
+
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        graph = self
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                graph.ops.append((func, args, kwargs or {}, out))
+                return out
+
+        self.capture_args, self.mode = (pool, capture_error_mode), Record()
+        self.mode.__enter__()
+
+    def capture_end(self):
+        self.mode.__exit__(None, None, None)
+
+    def replay(self):
+        from torch.utils._pytree import tree_leaves
+
+        for func, args, kwargs, out in self.ops:
+            result = func(*args, **kwargs)
+            for old, new in zip(tree_leaves(out), tree_leaves(result)):
+                if isinstance(old, torch.Tensor) and old.untyped_storage().data_ptr() != new.untyped_storage().data_ptr():
+                    old.copy_(new)  # (views and in-place ops already wrote into the captured memory)
+
+
+def test_graphed_step_replays_its_capture(monkeypatch):
+    """``GraphedStep`` on a CPU stand-in for CUDA graphs: the captured step, replayed with only its
+    input buffers refilled, gives the eager cached decoder's logits at every step; the decoder's Python
+    runs twice (warm-up, capture), whatever the number of steps; every capture uses the process's one
+    stream and memory pool, in thread-local capture mode."""
+    import contextlib
+
+    from imitkd import cached_decoder
+    from imitkd.rollout import _GraphSteps
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    pools = []
+
+    class Pool:
+        def __init__(self):
+            self.id = (0, len(pools) + 1)
+            pools.append(self)
+
+    for name, fake in (("CUDAGraph", _CpuGraph), ("Stream", lambda device: Stream()), ("MemPool", Pool),
+                       ("stream", lambda s: contextlib.nullcontext()),
+                       ("current_stream", lambda device=None: Stream()),
+                       ("device", lambda d: contextlib.nullcontext())):
+        monkeypatch.setattr(torch.cuda, name, fake)
+    cached_decoder._capture_resources.cache_clear()
+    python_steps = []
+    step = CachedDecoder.step
+    monkeypatch.setattr(CachedDecoder, "step", lambda self, *a: python_steps.append(1) or step(self, *a))
+
+    model = text_model(**VARIANTS["post-norm, learned positions, embedding layer norm"])
+    src, lengths = source_batch()
+    tokens = torch.randint(4, 60, (5, 10), generator=torch.Generator().manual_seed(2))
+    tokens[:, 0] = 2
+    try:
+        with torch.no_grad():
+            encoder_out = model.encoder(src, src_lengths=lengths)
+            eager = CachedDecoder(model.decoder, encoder_out, 10)
+            want = [eager.step(tokens[:, t], t) for t in range(10)]
+            python_steps.clear()
+            graphed = cached_decoder.GraphedStep(CachedDecoder(model.decoder, encoder_out, 10, static_shapes=True), None)
+            steps = _GraphSteps(graphed)
+            got = [steps(tokens[:, : t + 1], t).clone() for t in range(10)]
+            again = cached_decoder.GraphedStep(CachedDecoder(model.decoder, encoder_out, 10, static_shapes=True), None)
+    finally:
+        cached_decoder._capture_resources.cache_clear()
+    for t, (a, b) in enumerate(zip(want, got)):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5, msg=f"step {t}")
+    assert len(python_steps) == 2 + 2  # warm-up and capture, for each of the two graphs
+    assert len(graphed.graph.ops) > 100 and len(pools) == 1
+    assert graphed.graph.capture_args == again.graph.capture_args == (pools[0].id, "thread_local")
