@@ -146,27 +146,15 @@ class _FairseqSteps:
         self.decoder.reorder_incremental_state_scripting(self.state, rows)
 
 
-class _CachedSteps:
-    can_reorder = True
+class _NewestTokenSteps:
+    """Steps fed the newest token only: ``CachedDecoder.step`` (with its ``reorder``: rows can be
+    dropped) or a ``GraphedStep`` (static shapes: they cannot)."""
 
-    def __init__(self, decoder: cached_decoder.CachedDecoder):
-        self.decoder = decoder
-
-    def __call__(self, prefix: Tensor, step: int) -> Tensor:
-        return self.decoder.step(prefix[:, step], step)
-
-    def reorder(self, rows: Tensor) -> None:
-        self.decoder.reorder(rows)
-
-
-class _GraphSteps:
-    can_reorder = False
-
-    def __init__(self, graphed: cached_decoder.GraphedStep):
-        self.graphed = graphed
+    def __init__(self, step, reorder=None):
+        self.step, self.reorder, self.can_reorder = step, reorder, reorder is not None
 
     def __call__(self, prefix: Tensor, step: int) -> Tensor:
-        return self.graphed(prefix[:, step], step)
+        return self.step(prefix[:, step], step)
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,8 +173,9 @@ def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype
             device = encoder_out["encoder_out"][0].device
             if decoding == "cuda-graph" and device.type == "cuda":
                 cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps, static_shapes=True)
-                return _GraphSteps(cached_decoder.GraphedStep(cached, autocast_dtype))
-            return _CachedSteps(cached_decoder.CachedDecoder(model.decoder, encoder_out, steps))
+                return _NewestTokenSteps(cached_decoder.GraphedStep(cached, autocast_dtype))
+            cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps)
+            return _NewestTokenSteps(cached.step, cached.reorder)
         _log_fallback(reason)
     return _FairseqSteps(model, encoder_out)
 

@@ -162,7 +162,7 @@ def test_graphed_step_replays_its_capture(monkeypatch):
     import contextlib
 
     from imitkd import cached_decoder
-    from imitkd.rollout import _GraphSteps
+    from imitkd.rollout import _NewestTokenSteps
 
     class Stream:
         def wait_stream(self, other):
@@ -196,7 +196,7 @@ def test_graphed_step_replays_its_capture(monkeypatch):
             want = [eager.step(tokens[:, t], t) for t in range(10)]
             python_steps.clear()
             graphed = cached_decoder.GraphedStep(CachedDecoder(model.decoder, encoder_out, 10, static_shapes=True), None)
-            steps = _GraphSteps(graphed)
+            steps = _NewestTokenSteps(graphed)
             got = [steps(tokens[:, : t + 1], t).clone() for t in range(10)]
             again = cached_decoder.GraphedStep(CachedDecoder(model.decoder, encoder_out, 10, static_shapes=True), None)
     finally:
