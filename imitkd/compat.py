@@ -1,8 +1,11 @@
 """Runtime fixes that make ve-fairseq 0.12.3 work under torch 2.13 (applied on ``import imitkd``).
 
-1. ``torch.load(weights_only=False)`` for fairseq's own checkpoint loading only: fairseq checkpoints
-   pickle ``argparse.Namespace``/omegaconf objects, which torch >= 2.6 refuses by default. The patch is
-   scoped to ``fairseq.checkpoint_utils`` (a proxy of the ``torch`` module there), not process-wide.
+1. fairseq's checkpoint loading goes through ``imitkd.checkpoints.load``: ``weights_only=True`` with a
+   small allowlist (``argparse.Namespace``, float64 numpy arrays) instead of torch's default, which
+   refuses every fairseq checkpoint, and never a full pickle unless the run opts out
+   (``--trust-checkpoint`` / ``IMITKD_TRUST_CHECKPOINTS=1``); empty or truncated files stop with one
+   line. The patch is scoped to ``fairseq.checkpoint_utils`` and ``xm_transformer`` (a proxy of the
+   ``torch`` module there), not process-wide.
 2. Never drop the last batch: fairseq main drops a trailing batch whose size is not a multiple of
    ``--required-batch-size-multiple`` (default 8), so generate/validate silently skip sentences. We wrap
    ``data_utils.batch_by_size`` to append the dropped indices as a final, smaller batch.
@@ -16,6 +19,8 @@ import logging
 import numpy as np
 import torch
 
+from . import checkpoints
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,8 +32,7 @@ class _TorchLoadProxy:
 
     @staticmethod
     def load(*args, **kwargs):
-        kwargs.setdefault("weights_only", False)
-        return torch.load(*args, **kwargs)
+        return checkpoints.load(*args, **kwargs)
 
 
 def _keep_last_batch(batch_by_size):
@@ -55,8 +59,11 @@ def apply():
 
     from .features import fbank_from_file
 
-    if not isinstance(checkpoint_utils.torch, _TorchLoadProxy):
-        checkpoint_utils.torch = _TorchLoadProxy()
+    from fairseq.models.speech_to_text import xm_transformer
+
+    for module in (checkpoint_utils, xm_transformer):  # xm_transformer: --load-pretrained-decoder-from
+        if not isinstance(module.torch, _TorchLoadProxy):
+            module.torch = _TorchLoadProxy()
     if not getattr(data_utils.batch_by_size, "_imitkd_keeps_last_batch", False):
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
     audio_utils.get_fbank = fbank_from_file

@@ -21,6 +21,7 @@ from fairseq.models.transformer import TransformerDecoderBase
 
 from . import precision
 from .errors import ImitKDError
+from .expert_checks import check_kind, check_translation_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,19 @@ class SourceEncoder:
                                            ("--expert-sentencepiece-model", sentencepiece_model, ("sentencepiece",))):
                 if bpe in needed_by and (not value or not os.path.isfile(value)):
                     raise ImitKDError(f"--expert-bpe {bpe} needs {flag} FILE (got {value!r})")
-            bpe_obj = encoders.build_bpe(Namespace(bpe=bpe, bpe_codes=bpe_codes, bpe_separator="@@",
-                                                   sentencepiece_model=sentencepiece_model,
-                                                   sentencepiece_enable_sampling=False,
-                                                   sentencepiece_alpha=None))
+            flag, value = {"sentencepiece": ("--expert-sentencepiece-model", sentencepiece_model),
+                           "subword_nmt": ("--bpe-codes", bpe_codes),
+                           "fastbpe": ("--bpe-codes", bpe_codes)}.get(bpe, ("--expert-bpe", bpe))
+            try:
+                bpe_obj = encoders.build_bpe(Namespace(bpe=bpe, bpe_codes=bpe_codes, bpe_separator="@@",
+                                                       sentencepiece_model=sentencepiece_model,
+                                                       sentencepiece_enable_sampling=False,
+                                                       sentencepiece_alpha=None))
+            except Exception as e:  # e.g. sentencepiece: "could not parse ModelProto from dict.txt"
+                what = {"--expert-sentencepiece-model": "a sentencepiece model",
+                        "--bpe-codes": f"{bpe} BPE codes"}.get(flag, "a usable BPE")
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ImitKDError(f"{flag} {value}: not {what} ({reason})") from None
         return cls(dictionary, tok, bpe_obj)
 
 
@@ -107,10 +117,12 @@ class Expert:
 
     @classmethod
     def from_checkpoints(cls, paths: str, data_dir: Optional[str] = None, vocab_src: Optional[str] = None,
-                         vocab_tgt: Optional[str] = None, dtype: str = "auto"):
+                         vocab_tgt: Optional[str] = None, dtype: str = "auto", expects: Optional[str] = None):
         """Load ``paths`` (``:``-separated for an ensemble). ``data_dir`` (the seed's ``--path``) is
         where the expert's task finds its dictionaries/config; ``vocab_src``/``vocab_tgt`` override
-        the dictionaries of a text (translation) expert."""
+        the dictionaries of a text (translation) expert. ``expects`` ("text" or "speech"; None: no check)
+        is the kind of expert the criterion needs: the first checkpoint's stored task/arch must match,
+        checked before its task or data are loaded."""
         filenames = [p for p in (paths or "").split(os.pathsep) if p]
         if not filenames:
             raise ImitKDError("--expert is required: path of the expert checkpoint (':'-separated for an ensemble)")
@@ -118,8 +130,10 @@ class Expert:
             if not os.path.isfile(f):
                 raise ImitKDError(f"--expert: checkpoint not found: {f}")
         overrides = {"data": data_dir} if data_dir else {}
-        state = checkpoint_utils.load_checkpoint_to_cpu(filenames[0], overrides or None)
+        state = checkpoint_utils.load_checkpoint_to_cpu(filenames[0])  # as stored: no --path override yet
         cfg = state["cfg"]
+        if expects is not None:
+            check_kind(cfg, expects, filenames[0])
         task = None
         if vocab_src or vocab_tgt:
             task = cls._translation_task(cfg, data_dir, vocab_src, vocab_tgt, filenames[0])
@@ -129,6 +143,10 @@ class Expert:
                 raise ImitKDError(
                     f"--expert {filenames[0]}: its data directory {stored} (dictionaries, config) does not exist "
                     "here; pass --path DIR, or --expert-vocab-src/--expert-vocab-tgt")
+            if getattr(cfg.task, "_name", None) == "translation":
+                src, tgt = check_translation_dicts(cfg, data_dir, filenames[0])
+                if cfg.task.source_lang is None or cfg.task.target_lang is None:
+                    overrides.update(source_lang=src, target_lang=tgt)  # found in the stored directory
         try:
             models, _, task = checkpoint_utils.load_model_ensemble_and_task(
                 filenames, arg_overrides=overrides or None, task=task)

@@ -1,0 +1,71 @@
+"""Checks on an expert checkpoint before its task and data are loaded: is it the kind of expert the
+criterion needs (text or speech), and does its data directory hold the dictionaries a text expert loads?
+Each failure is one :class:`ImitKDError` line naming the flag and file."""
+import os
+from typing import Optional
+
+from .errors import ImitKDError
+
+_SPEECH_MODEL_PACKAGES = ("fairseq.models.speech_to_text", "fairseq.models.speech_to_speech",
+                          "fairseq.models.wav2vec", "fairseq.models.hubert")
+
+
+def expert_kind(cfg) -> str:
+    """What the checkpoint with stored config ``cfg`` reads, "speech" or "text": from its model class
+    (the arch's package), else from its task name (a cascade text student of speech_to_text_kd: text)."""
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    arch = getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", None)
+    model = ARCH_MODEL_REGISTRY.get(arch) or MODEL_REGISTRY.get(arch)
+    if model is not None and model.__module__.startswith(_SPEECH_MODEL_PACKAGES):
+        return "speech"
+    task = str(getattr(cfg.task, "_name", None) or "")
+    if ("speech" in task or "audio" in task) and not getattr(cfg.task, "student_src_column", None):
+        return "speech"
+    return "text"
+
+
+def check_kind(cfg, expects: str, filename: str) -> None:
+    """Fail (naming the criteria that fit) unless the checkpoint is the kind of expert ``expects`` names."""
+    if expects not in ("text", "speech"):
+        raise ValueError(f"expects must be 'text' or 'speech', got {expects!r}")
+    kind = expert_kind(cfg)
+    if kind == expects:
+        return
+    task = getattr(cfg.task, "_name", None)
+    arch = getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", None)
+    if kind == "speech":
+        raise ImitKDError(
+            f"--expert {filename} is a speech-to-text model (task {task}, arch {arch}): use --criterion "
+            "imit_kd_ast or imit_kd_ast_pure_kd (the expert reads the same audio), or give a text NMT expert")
+    raise ImitKDError(
+        f"--expert {filename} is a text translation model (task {task}, arch {arch}): use --criterion "
+        "imit_kd_CE, imit_kd or word_kd (the expert reads the transcript), or give a speech-to-text expert")
+
+
+def check_translation_dicts(cfg, data_dir: Optional[str], filename: str):
+    """The translation task of a text expert loads ``dict.<src>.txt``/``dict.<tgt>.txt`` from its data
+    directory (``--path``, else the stored one); fail with one line naming what is missing there.
+    Returns the (source, target) languages: recorded in ``cfg``, else inferred from the binarized files."""
+    from fairseq.data.data_utils import infer_language_pair
+
+    stored = getattr(cfg.task, "data", None)
+    where = f"--path {data_dir}" if data_dir else f"the data directory stored in --expert {filename}, {stored},"
+    data = (data_dir or stored or "").split(os.pathsep)[0]
+    if not os.path.isdir(data):
+        raise ImitKDError(f"{where} is not a directory; point --path at the text expert's data directory "
+                          "(fairseq-preprocess --destdir)")
+    src, tgt = cfg.task.source_lang, cfg.task.target_lang
+    for candidate in (data, stored):  # languages not recorded: fairseq infers them from the binarized files
+        if (src is None or tgt is None) and candidate and os.path.isdir(candidate):
+            src, tgt = infer_language_pair(candidate)
+    fix = "point --path at the expert's fairseq-preprocess --destdir, or pass --expert-vocab-src/--expert-vocab-tgt"
+    if src is None or tgt is None:
+        raise ImitKDError(
+            f"{where} has neither the text expert's dictionaries dict.<src>.txt/dict.<tgt>.txt nor binarized "
+            f"data telling its languages ({filename} does not record them); {fix}")
+    missing = [f"dict.{lang}.txt" for lang in (src, tgt) if not os.path.isfile(os.path.join(data, f"dict.{lang}.txt"))]
+    if missing:
+        raise ImitKDError(f"{where} lacks the text expert's dictionaries {' and '.join(dict.fromkeys(missing))} "
+                          f"({src}→{tgt}); {fix}")
+    return src, tgt

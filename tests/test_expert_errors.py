@@ -1,0 +1,122 @@
+"""The wrong expert, its missing dictionaries or BPE model stop with one line naming the flag and file;
+``--help`` of the console scripts lists the plugin's flags."""
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import imitkd  # noqa: F401
+import toydata
+from imitkd.errors import ImitKDError
+from imitkd.expert import Expert
+
+SPEECH_HINT = "use --criterion imit_kd_ast or imit_kd_ast_pure_kd (the expert reads the same audio), or give a text NMT expert"
+TEXT_HINT = "use --criterion imit_kd_CE, imit_kd or word_kd (the expert reads the transcript), or give a speech-to-text expert"
+
+
+def one_error_line(proc) -> str:
+    """The message of the single ``error: ...`` line of a CLI run that exited with status 2."""
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    return lines[0][len("error: "):]
+
+
+def train_args(toy, tmp_path, criterion, expert, path=None, extra=()):
+    """imitkd-train flags of a 2-update student run with this expert and --path (None: no --path)."""
+    args = [str(a) for a in toydata.student_train_args(toy, criterion, tmp_path / "save", 2, extra)]
+    args[args.index("--expert") + 1] = str(expert)
+    i = args.index("--path")
+    if path is None:
+        del args[i:i + 2]
+    else:
+        args[i + 1] = str(path)
+    return args
+
+
+def test_the_kind_of_expert_is_checked_before_its_task_is_loaded(toy, toy_student):
+    text = toy / "expert" / "checkpoint_best.pt"
+    with pytest.raises(ImitKDError) as e:  # --path is the text expert's: the speech task would blame it
+        Expert.from_checkpoints(str(toy_student), str(toy / "mt-bin"), expects="text")
+    assert str(e.value) == (f"--expert {toy_student} is a speech-to-text model (task speech_to_text_kd, arch "
+                            f"s2t_transformer_s): {SPEECH_HINT}")
+    with pytest.raises(ImitKDError) as e:  # the student's data dir: the translation task could not set up
+        Expert.from_checkpoints(str(text), str(toy / "s2t"), expects="speech")
+    assert str(e.value) == f"--expert {text} is a text translation model (task translation, arch transformer): {TEXT_HINT}"
+    assert len(Expert.from_checkpoints(str(toy_student), str(toy / "s2t"), expects="speech")[0].models) == 1
+    assert len(Expert.from_checkpoints(str(text), str(toy / "mt-bin"), expects="text")[0].models) == 1
+
+
+@pytest.mark.slow
+def test_a_speech_expert_for_a_text_criterion(toy, toy_student, tmp_path):
+    out = toydata.run("imitkd-train", *train_args(toy, tmp_path, "imit_kd_CE", toy_student, toy / "mt-bin"), check=False)
+    assert one_error_line(out) == (f"--expert {toy_student} is a speech-to-text model (task speech_to_text_kd, "
+                                   f"arch s2t_transformer_s): {SPEECH_HINT}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_path", [False, True])
+def test_a_text_expert_for_a_speech_criterion(toy, tmp_path, with_path):
+    text = toy / "expert" / "checkpoint_best.pt"
+    args = train_args(toy, tmp_path, "imit_kd_ast", text, toy / "mt-bin" if with_path else None)
+    out = toydata.run("imitkd-train", *args, check=False)
+    assert one_error_line(out) == f"--expert {text} is a text translation model (task translation, arch transformer): {TEXT_HINT}"
+
+
+@pytest.mark.slow
+def test_path_without_the_expert_dictionaries(toy, tmp_path):
+    s2t = tmp_path / "s2t-copy"  # the student's data dir: dict.de.txt, but no dict.en.txt and no binarized data
+    shutil.copytree(toy / "s2t", s2t, ignore=shutil.ignore_patterns("feats"))
+    out = toydata.run("imitkd-train", *train_args(toy, tmp_path, "word_kd", toy / "expert" / "checkpoint_best.pt", s2t),
+                      check=False)
+    assert one_error_line(out) == (f"--path {s2t} lacks the text expert's dictionaries dict.en.txt (en→de); point "
+                                   "--path at the expert's fairseq-preprocess --destdir, or pass "
+                                   "--expert-vocab-src/--expert-vocab-tgt")
+
+
+def test_path_checks_in_process(toy, tmp_path):
+    """The languages come from the binarized files of the expert's stored data dir (the checkpoint does not
+    record them); a directory nothing can be learned from is named as such."""
+    expert = str(toy / "expert" / "checkpoint_best.pt")
+    with pytest.raises(ImitKDError, match=re.escape(f"--path {tmp_path} lacks the text expert's dictionaries "
+                                                    "dict.en.txt and dict.de.txt (en→de);")):
+        Expert.from_checkpoints(expert, str(tmp_path), expects="text")
+    with pytest.raises(ImitKDError, match=re.escape(f"--path {tmp_path / 'nope'} is not a directory;")):
+        Expert.from_checkpoints(expert, str(tmp_path / "nope"), expects="text")
+    dicts_only = tmp_path / "dicts"  # the dictionaries alone suffice: languages from the stored directory
+    dicts_only.mkdir()
+    for lang in ("en", "de"):
+        shutil.copy(toy / "mt-bin" / f"dict.{lang}.txt", dicts_only)
+    assert Expert.from_checkpoints(expert, str(dicts_only), expects="text")[0].source_dictionary is not None
+
+
+@pytest.mark.slow
+def test_a_sentencepiece_flag_given_a_dictionary(toy, tmp_path):
+    dict_txt = toy / "mt-bin" / "dict.en.txt"
+    args = train_args(toy, tmp_path, "word_kd", toy / "expert" / "checkpoint_best.pt", toy / "mt-bin",
+                      ["--expert-sentencepiece-model", dict_txt])
+    msg = one_error_line(toydata.run("imitkd-train", *args, check=False))
+    assert msg.startswith(f"--expert-sentencepiece-model {dict_txt}: not a sentencepiece model (")
+    assert "could not parse ModelProto" in msg
+
+
+def help_sections(text):
+    """{section title: its text} of an argparse help."""
+    parts = re.split(r"^(\S[^\n]*):\n", text, flags=re.M)
+    return {title: body for title, body in zip(parts[1::2], parts[2::2])}
+
+
+@pytest.mark.slow
+def test_help_lists_the_plugin_flags_by_component():
+    query = ["--task", "speech_to_text_kd", "--criterion", "imit_kd_CE", "--help"]
+    plain = toydata.run("fairseq-train", *query, "--user-dir", Path(imitkd.__file__).parent)
+    assert "--beta " not in plain.stdout  # fairseq's own help stops before the task and criterion add theirs
+
+    out = toydata.run("imitkd-train", *query)
+    sections = help_sections(out.stdout)
+    criterion = sections["criterion (--criterion imit_kd_CE)"]
+    for flag in ("--expert ", "--path ", "--beta ", "--beta-schedule ", "--rollout-topk ", "--kd-weight "):
+        assert f"\n  {flag}" in "\n" + criterion, flag
+    assert "\n  --expert-src-column " in "\n" + sections["Task (--task speech_to_text_kd)"]
+    assert "--trust-checkpoint" in sections["imitkd"]
+    assert "--max-update" in sections["optimization"]  # fairseq's own groups are still there
