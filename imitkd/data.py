@@ -6,6 +6,7 @@ batch's row order:
 
 * ``sample["expert_input"] = {"src_tokens": B×S long, "src_lengths": B long}`` — the transcript the
   text expert reads (student inputs stay exactly fairseq's);
+* ``sample["ctc_input"]`` (same layout) — the transcript an auxiliary CTC loss reads (``--ctc-weight``);
 * for a *text* student (the cascade's NMT part), ``sample["net_input"]["src_tokens"/"src_lengths"]``
   are replaced by the encoded ASR transcript.
 """
@@ -20,7 +21,7 @@ from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset, Speec
 
 from .errors import ImitKDError
 
-EXPERT_INPUT, STUDENT_INPUT = "expert_input", "net_input"
+EXPERT_INPUT, STUDENT_INPUT, CTC_INPUT = "expert_input", "net_input", "ctc_input"
 
 
 def read_text_column(root: str, splits: str, column: str, needed_by: str) -> List[str]:
@@ -29,6 +30,7 @@ def read_text_column(root: str, splits: str, column: str, needed_by: str) -> Lis
     texts = []
     for split in splits.split(","):
         path = Path(root) / f"{split}.tsv"
+        check_manifest(path)
         rows = SpeechToTextDatasetCreator._load_samples_from_tsv(root, split)
         if column not in rows[0]:
             raise ImitKDError(f"{path}: no '{column}' column (columns: {', '.join(rows[0])}); {needed_by} reads it")
@@ -37,6 +39,60 @@ def read_text_column(root: str, splits: str, column: str, needed_by: str) -> Lis
                 raise ImitKDError(f"{path}: row {i + 2} (id={row.get('id')}) has an empty '{column}'; {needed_by} reads it")
         texts.extend(row[column] for row in rows)
     return texts
+
+
+_CHECKED = set()  # (path, size, mtime) of manifests already checked in this process
+
+
+def check_manifest(path, split_flag: str = "") -> None:
+    """Fail with one line if the fairseq manifest ``path`` is missing, not UTF-8, has no data row or a row
+    whose number of tab-separated fields differs from the header's.
+
+    fairseq's reader (``SpeechToTextDatasetCreator._load_samples_from_tsv``) would end in a traceback
+    that names no file (``UnicodeDecodeError``) or no flag; this names the file, the line (1 = the
+    header) and the row's id. ``split_flag`` (e.g. ``--train-subset train``) says who asked for it.
+    Checks each file once per process (unless it changes)."""
+    path = Path(path)
+    asked = f" ({split_flag})" if split_flag else ""
+    if not path.is_file():
+        raise ImitKDError(f"{path}: manifest not found{asked}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ImitKDError(f"{path}: line 1 starts with a UTF-8 byte-order mark, which fairseq reads as part of the "
+                          f"first column name{asked}; save the manifest without BOM")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        end = data.find(b"\n", e.start)
+        row = data[start:end if end >= 0 else len(data)]
+        line = data.count(b"\n", 0, start) + 1
+        header = data[:data.find(b"\n")].decode("utf-8", errors="replace").split("\t")
+        field = row[:e.start - start].count(b"\t")
+        row_id = row.split(b"\t", 1)[0].decode("utf-8", errors="replace")
+        where = "the header" if line == 1 else f"id={row_id}"
+        column = f" in column '{header[field]}'" if line > 1 and field < len(header) else ""
+        raise ImitKDError(f"{path}: line {line} ({where}) is not UTF-8: byte 0x{data[e.start]:02x}{column}{asked}; "
+                          "re-encode the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    lines = data.splitlines()  # \n, \r\n or \r: the lines fairseq's reader (universal newlines) sees
+    n_fields = lines[0].count(b"\t") + 1 if lines else 0
+    n_rows = 0
+    for n, line in enumerate(lines[1:], 2):
+        if not line:  # fairseq's reader skips empty lines
+            continue
+        n_rows += 1
+        fields = line.count(b"\t") + 1
+        if fields != n_fields:
+            row_id = line.split(b"\t", 1)[0].decode("utf-8")
+            raise ImitKDError(f"{path}: line {n} (id={row_id}) has {fields} tab-separated fields, "
+                              f"the header has {n_fields}{asked}; a tab inside a text, or a cell missing?")
+    if not n_rows:
+        raise ImitKDError(f"{path}: {'no data rows, only a header' if data.strip() else 'empty file'}{asked}")
+    _CHECKED.add(key)
 
 
 def _n_items(dataset) -> int:

@@ -1,11 +1,18 @@
 """80-dim Kaldi log-mel filterbank features without torchaudio (kaldi-native-fbank).
 
 Used by the compat patch of fairseq's raw-audio reader and by the data-prep scripts, so that
-features computed offline and on the fly are identical.
+features computed offline and on the fly are identical. Audio is resampled to one rate first
+(``SAMPLE_RATE``, 16 kHz, with ``scipy.signal.resample_poly``, as build_ddtp_st.py does): the mel
+filterbank spans 0 Hz to half the sample rate, so features of a 22.05 kHz and a 16 kHz copy of one
+utterance would otherwise differ in every bin.
 """
-from typing import BinaryIO, Union
+import math
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
+
+#: the one sample rate features are computed at (prep_s2t_data.py --sample-rate, the raw-audio path)
+SAMPLE_RATE = 16000
 
 
 def kaldi_fbank(waveform: np.ndarray, sample_rate: int, n_bins: int = 80) -> np.ndarray:
@@ -38,9 +45,25 @@ def read_audio(path_or_fp: Union[str, BinaryIO]):
     return wav.mean(axis=1), sr
 
 
-def fbank_from_file(path_or_fp: Union[str, BinaryIO], n_bins: int = 80, waveform_transforms=None) -> np.ndarray:
-    """Drop-in replacement for ``fairseq.data.audio.audio_utils.get_fbank`` (same signature)."""
+def resample(waveform: np.ndarray, sample_rate: int, target_rate: Optional[int] = SAMPLE_RATE):
+    """(waveform at ``target_rate``, target_rate): polyphase resampling (``scipy.signal.resample_poly``,
+    up/down by the rates' gcd, e.g. 22050 -> 16000: 320/441); unchanged if the rates agree or
+    ``target_rate`` is None."""
+    if target_rate is None or int(sample_rate) == int(target_rate):
+        return waveform, sample_rate
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(target_rate), int(sample_rate))
+    out = resample_poly(np.asarray(waveform, dtype=np.float64), int(target_rate) // g, int(sample_rate) // g)
+    return out.astype(np.float32), int(target_rate)
+
+
+def fbank_from_file(path_or_fp: Union[str, BinaryIO], n_bins: int = 80, waveform_transforms=None,
+                    sample_rate: Optional[int] = SAMPLE_RATE) -> np.ndarray:
+    """Drop-in replacement for ``fairseq.data.audio.audio_utils.get_fbank`` (same signature, plus
+    ``sample_rate``: the audio is resampled to it first; None keeps the file's own rate)."""
     wav, sr = read_audio(path_or_fp)
+    wav, sr = resample(wav, sr, sample_rate)
     wav = wav * 32768.0  # Kaldi expects int16-range samples, as fairseq's get_fbank feeds them
     if waveform_transforms is not None:
         wav, sr = waveform_transforms(wav[None], sr)

@@ -4,8 +4,8 @@ Builds ``examples/speech_to_text/build_ddtp_st.py --size ci --seed 1 --spm-vocab
 15 s: apt-get update of the Debian translation index + espeak-ng + fbank). If the environment variable
 ``IMITKD_DATA_CACHE`` is set, the corpus lives in ``$IMITKD_DATA_CACHE/ddtp_st_ci_seed<seed>`` and is
 reused across sessions (re-running the build only verifies it); otherwise it is built under ``tmp_dir``.
-Needs ``espeak-ng`` (``apt-get install -y espeak-ng``) and network access to deb.debian.org for the
-first build. Usage in a test module::
+Needs ``espeak-ng`` (``apt-get install -y espeak-ng``) and network access to Debian's package index
+(the system's apt source) for the first build. Usage in a test module::
 
     from ddtp_fixture import build_ci_corpus
 

@@ -147,6 +147,7 @@ def test_prepare_layout(tmp_path, layout):
     assert cfg.get_transforms("", "dev", False) == ["utterance_cmvn"]
     assert cfg.config["specaugment"]["freq_mask_F"] == 27
     assert Path(cfg.audio_root) == out.resolve()
+    assert cfg.config["sample_rate"] == 16000  # the rate every file was resampled to
 
     # dictionary: fairseq gen_vocab convention
     import sentencepiece as spm
@@ -257,3 +258,80 @@ def test_errors_empty_text_and_unreadable_audio(tmp_path):
     for workers in (1, 2):
         with pytest.raises(prep.DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
             prep.prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False, workers=workers)
+
+
+# --------------------------------------------------------------------------- one sample rate (issue 12)
+def _espeak_copies(tmp_path):
+    """One espeak-ng utterance as a 22.05 kHz file (espeak's own rate, with a little noise so that no frame
+    is digital silence) and a 16 kHz copy made by FFT resampling (not the polyphase filter the
+    pipeline uses, so the two are independent); returns (path_22k, path_16k)."""
+    import shutil
+
+    from scipy.signal import resample
+
+    assert shutil.which("espeak-ng"), "espeak-ng is not installed: run `apt-get install -y espeak-ng`"
+    raw = tmp_path / "espeak.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), "the quick brown fox jumps over the lazy dog"],
+                   check=True)
+    wav, sr = sf.read(raw, dtype="float64")
+    assert sr == 22050
+    wav = wav + np.random.default_rng(0).normal(0.0, 0.003, wav.shape)
+    p22, p16 = tmp_path / "a22.wav", tmp_path / "a16.wav"
+    sf.write(p22, wav, sr, subtype="PCM_16")
+    sf.write(p16, resample(wav, int(round(len(wav) * 16000 / sr))), 16000, subtype="PCM_16")
+    return p22, p16
+
+
+def _close(a, b):
+    assert a.shape == b.shape
+    return float(np.abs(a - b).mean())
+
+
+def test_22k_and_16k_copies_give_the_same_features_in_prep(tmp_path):
+    from fairseq.data.audio.audio_utils import get_features_or_waveform
+
+    p22, p16 = _espeak_copies(tmp_path)
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "train.tsv").write_text(f"id\taudio\tsrc_text\ttgt_text\nu22\t{p22}\tthe fox\tder fuchs\n"
+                                    f"u16\t{p16}\tthe fox\tder fuchs\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert prep.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out), "--splits", "train",
+                      "--vocab-type", "char", "--vocab-size", "20", "--no-progress"]) == 0
+    rows = {r["id"]: r for r in prep.load_manifest(out / "train.tsv")}
+    f22, f16 = (get_features_or_waveform(str(out / rows[u]["audio"])) for u in ("u22", "u16"))
+    assert _close(f22, f16) < 0.1  # log-mel units; the log-mel values span ~25
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["sample_rate"] == 16000
+    # at each file's own rate (what prep did before) the mel bins cover 0-11 kHz vs 0-8 kHz
+    native = prep.kaldi_fbank(prep.read_audio(str(p22))[0] * 32768.0, 22050, 80)
+    assert abs(len(native) - len(f16)) <= 1
+    n = min(len(native), len(f16))
+    assert float(np.abs(native[:n] - f16[:n]).mean()) > 1.0
+
+    # --sample-rate 8000: every file resampled to 8 kHz, recorded in the config; resuming at 16 kHz is refused
+    out8 = tmp_path / "out8"
+    assert prep.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out8), "--splits", "train",
+                      "--vocab-type", "char", "--vocab-size", "20", "--no-progress", "--sample-rate", "8000"]) == 0
+    rows8 = {r["id"]: r for r in prep.load_manifest(out8 / "train.tsv")}
+    g22, g16 = (get_features_or_waveform(str(out8 / rows8[u]["audio"])) for u in ("u22", "u16"))
+    assert _close(g22, g16) < 0.1 and float(np.abs(g16 - f16).mean()) > 1.0
+    assert yaml.safe_load((out8 / "config.yaml").read_text())["sample_rate"] == 8000
+    with pytest.raises(prep.DataPrepError, match=r"--sample-rate 16000: the features in .*out8 were computed at 8000 Hz"):
+        prep.prepare("tsv", root, out8, splits=["train"], vocab_type="char", vocab_size=20, progress=False)
+
+
+def test_raw_audio_path_resamples_to_16k(tmp_path):
+    """A raw-audio manifest (imitkd.compat: fairseq's get_fbank -> imitkd.features.fbank_from_file)."""
+    import imitkd  # noqa: F401  (the compat patch)
+    from fairseq.data.audio.audio_utils import get_features_or_waveform
+
+    from imitkd.features import fbank_from_file
+
+    p22, p16 = _espeak_copies(tmp_path)
+    f22, f16 = get_features_or_waveform(str(p22)), get_features_or_waveform(str(p16))
+    assert _close(f22, f16) < 0.1
+    native = fbank_from_file(str(p22), sample_rate=None)  # the file's own rate, as before
+    n = min(len(native), len(f16))
+    assert float(np.abs(native[:n] - f16[:n]).mean()) > 1.0

@@ -1,6 +1,7 @@
 """The offline DDTP-ST en→de corpus (examples/speech_to_text/build_ddtp_st.py), size ci.
 
-Needs espeak-ng (`apt-get install -y espeak-ng`) and deb.debian.org for `apt-get update`; both
+Needs espeak-ng (`apt-get install -y espeak-ng`) and Debian's package index (the system's apt
+source) for `apt-get update`; both
 missing pieces FAIL the tests with the fix in the message (CI installs espeak-ng; no silent skips).
 """
 import hashlib
@@ -153,6 +154,11 @@ def test_manifest_json(ddtp_ci, translations):
     assert m["voices"] == {"seen": list(b.SEEN_VOICES), "unseen": list(b.UNSEEN_VOICES)}
     assert m["espeak_ng_version"] == b.espeak_version()
     assert m["created_utc"] and m["build_seconds"] >= 0
+    src = m["apt_source"]  # the system's Debian source that fetch_translations used
+    assert src == b.recorded_apt_source(ddtp_ci / "apt"), "MANIFEST.json of an older builder (stale cache?)"
+    assert src["uri"] and src["suite"] and "main" == src["component"]
+    for lang in ("en", "de"):
+        assert m["inputs"][f"Translation-{lang}"]["source"] == src["translations"][lang]
     for name, digest in m["outputs"].items():
         assert b.sha256_file(ddtp_ci / name) == digest, name
 
@@ -196,3 +202,75 @@ def test_skeleton_and_split_rules():
     assert b.skeleton("Foo is a tool.", "foo") != b.skeleton("Foo is a game.", "foo")
     assert {b.split_of(f"pkg{i}") for i in range(500)} == {"train", "dev", "test"}
     assert b.split_of("bash") == b.split_of("bash")
+
+
+# --------------------------------------------------------------------- the apt source (system's own configuration)
+def _apt_tree(root: Path, sources_list: str, parts: dict) -> Path:
+    (root / "etc" / "apt" / "sources.list.d").mkdir(parents=True)
+    (root / "etc" / "apt" / "sources.list").write_text(sources_list)
+    for name, text in parts.items():
+        (root / "etc" / "apt" / "sources.list.d" / name).write_text(text)
+    return root
+
+
+def test_apt_sources_parses_one_line_and_deb822(tmp_path):
+    root = _apt_tree(tmp_path / "a", (
+        "# one-line format\n"
+        "deb-src file:/srv/mirror/debian bookworm main\n"
+        "deb [ arch=amd64 signed-by=/usr/share/keyrings/ubuntu-archive-keyring.gpg ] file:/srv/mirror/ubuntu noble main universe\n"
+        "deb file:/srv/mirror/debian-security bookworm-security main  # security updates\n"
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] file:/srv/mirror/debian trixie contrib\n"
+    ), {
+        "a-old.sources": "Types: deb\nURIs: file:/srv/old/debian\nSuites: buster\nComponents: main\nEnabled: no\n",
+        "debian.sources": (
+            "Types: deb deb-src\n# a comment inside the stanza\nURIs: file:/srv/mirror/debian/\n"
+            "Suites: bookworm-updates bookworm\nComponents: main contrib\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            "Types: deb\nURIs: file:/srv/mirror/debian-security\nSuites: bookworm-security\nComponents: main\n"),
+        "z.list.disabled": "deb file:/srv/other/debian sid main\n",  # apt reads *.list and *.sources only
+    })
+    got = [(s.uri, s.suite, s.signed_by, Path(s.origin).name) for s in b.apt_sources(root)]
+    assert got == [
+        ("file:/srv/mirror/ubuntu", "noble", "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "sources.list:3"),
+        ("file:/srv/mirror/debian-security", "bookworm-security", None, "sources.list:4"),
+        ("file:/srv/mirror/debian", "bookworm-updates", "/usr/share/keyrings/debian-archive-keyring.gpg", "debian.sources:1"),
+        ("file:/srv/mirror/debian", "bookworm", "/usr/share/keyrings/debian-archive-keyring.gpg", "debian.sources:1"),
+        ("file:/srv/mirror/debian-security", "bookworm-security", None, "debian.sources:8"),
+    ]
+    src = b.debian_source(root)  # the first Debian release suite with 'main': not ubuntu, -security, -updates
+    assert (src.uri, src.suite, src.component) == ("file:/srv/mirror/debian", "bookworm", "main")
+    assert src.translation_url("de") == "file:/srv/mirror/debian/dists/bookworm/main/i18n/Translation-de"
+    assert src.record()["translations"]["en"].endswith("/dists/bookworm/main/i18n/Translation-en")
+
+    # a one-line Debian entry before the deb822 files wins; an inline deb822 key is kept as is
+    key = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQINBGPL\n-----END PGP PUBLIC KEY BLOCK-----"
+    root = _apt_tree(tmp_path / "b", "deb file:/srv/m2/debian sid main non-free\n", {
+        "debian.sources": "Types: deb\nURIs: file:/srv/mirror/debian\nSuites: trixie\nComponents: main\nSigned-By:\n"
+                          " -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBGPL\n -----END PGP PUBLIC KEY BLOCK-----\n"})
+    assert (b.debian_source(root).uri, b.debian_source(root).suite) == ("file:/srv/m2/debian", "sid")
+    assert b.apt_sources(root)[1].signed_by == key
+    (root / "etc" / "apt" / "sources.list").unlink()
+    assert (b.debian_source(root).suite, b.debian_source(root).signed_by) == ("trixie", key)
+
+    with pytest.raises(b.BuildError, match=r"no Debian 'main' deb source in .*sources\.list .*file:/srv/mirror/ubuntu "
+                                           r"noble \(.*sources\.list:1\).*pass --translations-dir"):
+        b.debian_source(_apt_tree(tmp_path / "c", "deb file:/srv/mirror/ubuntu noble main\n", {}))
+
+
+def test_fetch_translations_uses_the_derived_source(tmp_path):
+    """apt-get gets a private sources.list holding the derived entry (a file: mirror that does not exist:
+    apt-get fails at once, no network), and the error names it."""
+    import shutil
+
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    root = _apt_tree(tmp_path / "root", "", {"debian.sources": (
+        f"Types: deb\nURIs: file:{tmp_path}/mirror/debian\nSuites: trixie trixie-updates\nComponents: main\n"
+        f"Signed-By: {keyring}\n")})
+    assert shutil.which("apt-get"), "apt-get is needed (Debian)"
+    cache = tmp_path / "cache"
+    with pytest.raises(b.BuildError, match=rf"apt-get update of file:{tmp_path}/mirror/debian trixie "
+                                           r"\(.*/debian\.sources:1\) failed \(exit \d+; network\?\)"):
+        b.fetch_translations(cache, apt_root=root)
+    assert (cache / "sources.list").read_text() == f"deb [signed-by={keyring}] file:{tmp_path}/mirror/debian trixie main\n"
+    assert b.recorded_apt_source(cache) is None  # nothing fetched, nothing recorded

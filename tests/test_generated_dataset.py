@@ -16,8 +16,10 @@ import importlib.util
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -439,3 +441,95 @@ def test_cli_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("create_wmt19_generated_dataset.py: error: ") and "x.tsv" in proc.stderr
+
+
+@pytest.mark.slow
+def test_nbest_log_keeps_the_best_and_repeats_fail(data, work, tmp_path, capsys):
+    """--nbest 3: an id's hypotheses follow one another (accepted, the best kept); the same H-/D- pair
+    again after another sample's lines, or two logs concatenated, is an error naming file, line and id."""
+    log = tmp_path / "nbest.log"
+    with open(log, "w") as out:
+        _wait(_fairseq("fairseq-generate", data.root / "bin", "--path", data.root / "ckpt" / "checkpoint_last.pt",
+                       "--gen-subset", "test", "--beam", "3", "--nbest", "3", "--batch-size", "4",
+                       "--required-batch-size-multiple", "1", "--max-len-a", "0", "--max-len-b", "20", "--cpu",
+                       "--num-workers", "0", stdout=out), "fairseq-generate --nbest 3")
+    lines = log.read_text().splitlines(keepends=True)
+    d_lines = [line for line in lines if line.startswith("D-")]
+    assert len(d_lines) == 3 * N_TEST
+    best = {}
+    for line in d_lines:
+        i = int(line[2:].split("\t")[0])
+        best.setdefault(i, line.rstrip("\n").split("\t")[2])
+    status, _, err = run_main(capsys, "-d", work, "-o", log, "-O", tmp_path / "out.tsv")
+    assert status == 0, err
+    assert [r[-1] for r in read_tsv(tmp_path / "out.tsv")[1]] == [best[i] for i in range(N_TEST)]
+
+    # sample 2's block, then another H-/D- pair of an id printed before it
+    order = [int(line[2:].split("\t")[0]) for line in lines if line.startswith("S-")]
+    earlier = next(i for i in order if i != 2)
+    assert order.index(earlier) < order.index(2)
+    end = max(k for k, line in enumerate(lines) if line.split("\t")[0] in ("H-2", "D-2", "P-2"))
+    bad = tmp_path / "appended.log"
+    bad.write_text("".join(lines[:end + 1] + [f"H-{earlier}\t-0.1\tb1\n", f"D-{earlier}\t-0.1\tb1\n"] + lines[end + 1:]))
+    status, _, err = run_main(capsys, "-d", work, "-o", bad, "-O", tmp_path / "bad.tsv")
+    assert status == 2
+    assert_one_line_error(err, f"{bad}:{end + 2}: duplicate H- line for id {earlier} ", "not an n-best list")
+    assert not (tmp_path / "bad.tsv").exists()
+
+
+#: runs the script's main, pausing in the output's fsync (temporary file open beside the output)
+_PAUSE_IN_WRITE = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import create_wmt19_generated_dataset as gd
+def fsync(fd):
+    open(sys.argv[2], "w").close()
+    time.sleep(60)
+os.fsync = fsync
+sys.exit(gd.main(sys.argv[3:]))
+"""
+
+
+def _paused_run(tmp_path, *argv):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_IN_WRITE, str(SCRIPT.parent), str(ready), *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):
+        if ready.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert ready.exists(), proc.communicate()[1]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_write_removes_the_temporary_file(data, work, tmp_path, signum):
+    out = tmp_path / "out.tsv"
+    proc = _paused_run(tmp_path, "-d", work, "-o", data.expert, "-O", out)
+    temps = sorted(p.name for p in tmp_path.glob(".out.tsv.*.tmp"))
+    assert len(temps) == 1
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    assert err.strip() == f"{gd.PROG}: error: interrupted by {signal.Signals(signum).name}; temporary files removed"
+    assert not out.exists() and not list(tmp_path.glob(".out.tsv.*.tmp"))
+
+
+@pytest.mark.slow
+def test_temporary_file_of_a_killed_run_is_removed_by_the_next(data, work, tmp_path, capsys):
+    out = tmp_path / "out.tsv"
+    proc = _paused_run(tmp_path, "-d", work, "-o", data.expert, "-O", out)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.communicate(timeout=60)
+    left = list(tmp_path.glob(".out.tsv.*.tmp"))
+    assert len(left) == 1 and f"-{proc.pid}." in left[0].name
+    # a temporary file of a running process (this one) is not touched
+    alive = tmp_path / left[0].name.replace(f"-{proc.pid}.", f"-{os.getpid()}.")
+    alive.write_text("in progress\n")
+    status, _, err = run_main(capsys, "-d", work, "-o", data.expert, "-O", out)
+    assert status == 0, err
+    assert f"warning: removed {left[0]}, left by process {proc.pid}" in err
+    assert not left[0].exists() and alive.exists()
+    hyps, _ = log_lines(data.expert, "D")
+    assert [r[-1] for r in read_tsv(out)[1]] == [hyps[i] for i in range(N_TEST)]

@@ -25,8 +25,11 @@ import csv
 import html
 import os
 import re
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import unicodedata
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -36,6 +39,8 @@ OUTPUT_SUFFIX = "_generated"
 BPE_SYMBOLS = ("@@ ", "@@", "subword_nmt", "sentencepiece", "wordpiece", "letter", "silence", "_EOW", "none")
 #: fairseq-generate line prefixes whose id field is validated (P-, A-, E-, I-, W- lines are ignored)
 _SAMPLE_LINE = re.compile(r"([STHD])-([^\t]*)\t")
+#: a sample line behind a file name, as ``grep PATTERN a.log b.log`` prints it
+_GREP_PREFIX = re.compile(r"([^\t:]+):[STHD]-\d+\t")
 #: how unknown tokens appear in T- lines: escaped by fairseq, raw, or as sentencepiece renders them
 _UNK = re.compile(r"<<unk>>|<unk>|\u2047")
 _WILDCARD = "\x00"
@@ -44,6 +49,15 @@ MAX_LISTED_IDS = 20
 
 class InputError(Exception):
     """A bad input or argument; reported as one line ``error: ...`` with exit status 2."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread (like KeyboardInterrupt for SIGINT) so that
+    the temporary output file is removed on the way out; reported as one line, status 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class LogEntry(NamedTuple):
@@ -115,9 +129,23 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
                                      f"the header has {len(header)}")
                 rows.append(row)
                 line_numbers.append(reader.line_num)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8; re-encode the manifest as UTF-8 "
+                         f"(e.g. iconv -f latin1 -t utf-8)") from None
+    except (OSError, csv.Error) as e:
         raise InputError(f"{path}: cannot read manifest: {_one_line(e)}") from None
     return Manifest(path, header, rows, line_numbers)
+
+
+def _first_non_utf8_line(path: str) -> int:
+    """1-based number of the first line of ``path`` that is not valid UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data.count(b"\n", 0, e.start) + 1
+    return 0
 
 
 def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
@@ -129,15 +157,19 @@ def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
     (e.g. a truncated log) are not in the result.
 
     Raises InputError naming file and line for: a S-/T-/H-/D- line whose id is not a non-negative
-    integer, a H-/D- line without ``<id>\\t<score>\\t<text>``, an id whose S-, T- or hypothesis
-    line reappears after other samples (concatenated or repeated logs), and a log without any H-/D-
+    integer, a H-/D- line without ``<id>\\t<score>\\t<text>``, an id whose S-, T-, H- or D- line
+    reappears after other samples (concatenated or repeated logs, e.g. ``cat a.log b.log`` or
+    ``grep -h '^[HD]-' a.log b.log``; an n-best list prints an id's H-/D- lines one right after the
+    other), lines prefixed with a file name (``grep`` over several files), and a log without any H-/D-
     line of the requested type (``--quiet`` run, or not a fairseq-generate log).
     """
     hyps: Dict[int, Tuple[str, int]] = {}
     refs: Dict[int, Tuple[str, int]] = {}
     sources: Dict[int, Tuple[str, int]] = {}
+    first_hyp_line: Dict[str, Dict[int, int]] = {"H": {}, "D": {}}  # kind -> id -> line of its first H-/D-
+    last_hyp_id: Dict[str, Optional[int]] = {"H": None, "D": None}  # kind -> id of the previous H-/D- line
     seen_types = set()
-    last_id = None
+    last_id = last_kind = None  # id and kind of the previous S-/T-/H-/D- line
     n_lines = 0
     try:
         with open(path, encoding="utf-8", newline="\n") as f:
@@ -148,6 +180,11 @@ def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
                     if line[:2] in ("H-", "D-") and "\t" not in line:
                         raise InputError(f"{path}:{n_lines}: {line[0]}- line without tab-separated id, score "
                                          f"and text: {_short(line)}")
+                    prefixed = _GREP_PREFIX.match(line)
+                    if prefixed:
+                        raise InputError(f"{path}:{n_lines}: line starts with a file name ({prefixed.group(1)!r}): "
+                                         f"output of grep over several logs? (grep -h drops the names; give "
+                                         f"one log per file): {_short(line)}")
                     continue
                 kind, id_str = m.group(1), m.group(2)
                 if not id_str.isdigit() or not id_str.isascii():
@@ -161,15 +198,19 @@ def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
                     if not sep or not _is_float(score):
                         raise InputError(f"{path}:{n_lines}: malformed {kind}- line, expected "
                                          f"'{kind}-<id>\\t<score>\\t<text>': {_short(line)}")
-                    if kind == line_type:
-                        if sample_id in hyps:
-                            if last_id != sample_id:
-                                raise InputError(f"{path}:{n_lines}: duplicate {kind}- line for id {sample_id} "
-                                                 f"(first at line {hyps[sample_id][1]}); concatenated or "
-                                                 f"repeated fairseq-generate output?")
-                            # n-best list: fairseq prints an id's hypotheses best first; keep the first
-                        else:
-                            hyps[sample_id] = (text, n_lines)
+                    first = first_hyp_line[kind]
+                    # n-best list: fairseq prints an id's S-/T- lines, then its hypotheses (H-, D-, P- lines
+                    # each) one right after the other, best first. The id again after another sample's or its
+                    # own S-/T- lines is a repeat.
+                    nbest = last_id == sample_id and last_hyp_id[kind] == sample_id and last_kind in ("H", "D")
+                    if sample_id in first and not nbest:
+                        raise InputError(f"{path}:{n_lines}: duplicate {kind}- line for id {sample_id} (first at "
+                                         f"line {first[sample_id]}, not an n-best list); concatenated or "
+                                         f"repeated fairseq-generate output?")
+                    first.setdefault(sample_id, n_lines)
+                    last_hyp_id[kind] = sample_id
+                    if kind == line_type and sample_id not in hyps:
+                        hyps[sample_id] = (text, n_lines)  # the best of an n-best list
                 else:  # S- or T-: printed once per sample
                     table = refs if kind == "T" else sources
                     if sample_id in table:
@@ -177,8 +218,11 @@ def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
                                          f"at line {table[sample_id][1]}); concatenated or repeated "
                                          f"fairseq-generate output?")
                     table[sample_id] = (rest, n_lines)
-                last_id = sample_id
-    except (OSError, UnicodeDecodeError) as e:
+                last_id, last_kind = sample_id, kind
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 (fairseq-generate writes UTF-8 "
+                         f"logs)") from None
+    except OSError as e:
         raise InputError(f"{path}: cannot read fairseq-generate log: {_one_line(e)}") from None
     if not hyps:
         if seen_types:
@@ -315,6 +359,35 @@ def make_postprocessor(remove_bpe: Optional[str], detokenize: str, lang: Optiona
 
 
 # ---------------------------------------------------------------------------------------- output
+def _temp_file(path: str, log: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
+    """``mkstemp`` beside ``path``: ``.<name>.<host>-<pid>.<random>.tmp``. Temporary files of ``path``
+    that a process on this host left behind when it was killed (SIGKILL: no chance to clean up) are
+    removed first; those of running processes are left alone."""
+    directory, name = os.path.split(os.path.abspath(path))
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    stale = re.compile(rf"\.{re.escape(name)}\.{re.escape(host)}-(\d+)\.[^.]+\.tmp")
+    for entry in os.listdir(directory):
+        m = stale.fullmatch(entry)
+        if m and not _process_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                continue
+            if log is not None:
+                log(f"warning: removed {os.path.join(directory, entry)}, left by process {m.group(1)} (killed?)")
+    return tempfile.mkstemp(dir=directory, prefix=f".{name}.{host}-{os.getpid()}.", suffix=".tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
 def default_output_path(dataset: str) -> str:
     """``<dir>/<stem>_generated.tsv`` next to the input manifest: ``train_st.tsv`` ->
     ``train_st_generated.tsv`` (fairseq subset ``train_st_generated``); a name not ending in
@@ -324,10 +397,11 @@ def default_output_path(dataset: str) -> str:
 
 
 def write_manifest_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[str]],
-                          mode_from: Optional[str] = None) -> None:
+                          mode_from: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> None:
     """Write a manifest (tab-separated, no quoting, ``\\n`` line ends) atomically: a temporary file in
-    the destination's directory, fsync, ``os.replace``. Permissions are those of the file replaced,
-    else of ``mode_from``. On any error the temporary file is removed and InputError raised."""
+    the destination's directory (see ``_temp_file``), fsync, ``os.replace``. Permissions are those of
+    the file replaced, else of ``mode_from``. On any error, and on SIGINT/SIGTERM/SIGHUP under
+    ``main``, the temporary file is removed (InputError is raised for errors)."""
     for row in [header, *rows]:
         for field in row:
             if "\t" in field or "\n" in field or "\r" in field:
@@ -339,7 +413,7 @@ def write_manifest_atomic(path: str, header: Sequence[str], rows: Sequence[Seque
         raise InputError(f"-O/--out-file {path}: is a directory")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, tmp = _temp_file(path, log)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write("\t".join(header) + "\n")
             for row in rows:
@@ -428,7 +502,9 @@ flow 3: KDT (both: ASR transcripts and the expert's translations of them)
 
 Both logs share --hyp-line/--remove-bpe/--detokenize; if they need different post-processing,
 run the script twice (the second time on the first output). Exit status 0 on success, 2 on any
-bad input (one line 'error: ...' on stderr, no output file written).
+bad input (one line 'error: ...' on stderr, no output file written), 128 + the signal number when
+stopped by SIGINT, SIGTERM or SIGHUP (one line; the hidden temporary file beside the output,
+.<name>.<host>-<pid>.<random>.tmp, is removed; one left by a killed run is removed by the next).
 """
 
 
@@ -575,10 +651,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
         all_missing.update(missing)
         stats.append((job, len(entries), missing, longest, longest_id))
 
-    write_manifest_atomic(out_path, manifest.header, rows, mode_from=manifest.path)
+    write_manifest_atomic(out_path, manifest.header, rows, mode_from=manifest.path, log=log)
     if args.missing_ids:
         ids = [manifest.rows[i][id_col] for i in sorted(all_missing)]
-        write_lines_atomic(args.missing_ids, ids)
+        write_lines_atomic(args.missing_ids, ids, log=log)
     for job, n_replaced, missing, longest, longest_id in stats:
         log(f"{job.column}: replaced {n_replaced} of {n_rows} rows from {job.log}, missing {len(missing)}, "
             f"max hypothesis length {longest} tokens (sample id {longest_id})")
@@ -590,21 +666,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     return out_path
 
 
-def write_lines_atomic(path: str, lines: Sequence[str]) -> None:
+def write_lines_atomic(path: str, lines: Sequence[str], log: Optional[Callable[[str], None]] = None) -> None:
     """Write one string per line (the --missing-ids list), atomically like the manifest."""
-    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as e:
-        raise InputError(f"--missing-ids {path}: cannot write: {_one_line(e)}") from None
-    try:
+        fd, tmp = _temp_file(path, log)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.writelines(f"{line}\n" for line in lines)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        os.unlink(tmp)
         raise InputError(f"--missing-ids {path}: cannot write: {_one_line(e)}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -625,13 +701,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             report.append(f"[{PROG}] {message}")
 
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:  # keep e.g. nohup's ignored SIGHUP ignored
+                previous[signum] = signal.signal(signum, _raise_interrupted)
     try:
         run(args, log)
     except InputError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"{PROG}: error: interrupted by {signal.Signals(signum).name}; temporary files removed",
+              file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print("\n".join(report), file=sys.stderr)
     return 0
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
 
 
 # --------------------------------------------------------------------------------------- helpers

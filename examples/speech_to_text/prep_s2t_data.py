@@ -33,7 +33,9 @@ Output (``--out-dir``)
 ----------------------
 * ``fbank80.zip``: one ``<id>.npy`` (float32, shape (n_frames, 80)) per utterance, ZIP_STORED.
   Features come from ``imitkd.features.kaldi_fbank`` (kaldi-native-fbank; identical to the on-the-fly
-  features of the imitkd raw-audio path).
+  features of the imitkd raw-audio path), computed at one sample rate: every file is first resampled
+  to ``--sample-rate`` (default 16000; ``scipy.signal.resample_poly``, as build_ddtp_st.py and the
+  raw-audio path do), so a 22.05 kHz and a 16 kHz recording of one utterance give the same features.
 * ``<split>.tsv``: columns ``id, audio, n_frames, tgt_text, speaker, src_text``; ``audio`` is
   ``fbank80.zip:<byte offset>:<byte length>`` (offset of the member's data, as fairseq's
   ``examples/speech_to_text/data_utils.py`` writes it). Tabs/newlines in texts become spaces.
@@ -42,7 +44,7 @@ Output (``--out-dir``)
   ``--bpe-from`` files (copied into the output dir, so a student shares the expert's vocabulary).
 * ``config.yaml`` for ``fairseq-train --config-yaml``: input_channels 1, input_feat_per_channel 80,
   vocab_filename, bpe_tokenizer (absolute sentencepiece_model path), audio_root (absolute output dir,
-  so manifests work from any working directory), optional ``--cmvn utterance`` and
+  so manifests work from any working directory), sample_rate (``--sample-rate``), optional ``--cmvn utterance`` and
   ``--specaugment lb|ld|sm|ss`` (fairseq's standard policies; implies utterance CMVN).
 
 Resuming
@@ -50,7 +52,8 @@ Resuming
 Features are first written as ``fbank80/<id>.npy`` and packed into the zip at the end; utterances
 whose features already exist (as a .npy in ``fbank80/`` or a member of ``fbank80.zip``) are never
 recomputed, so an interrupted run can simply be started again. Without ``--keep-npy`` the .npy files
-are removed once they are safely in the zip. Use ``--overwrite`` to recompute everything.
+are removed once they are safely in the zip. Use ``--overwrite`` to recompute everything. Resuming
+with another ``--sample-rate`` than the one config.yaml records is refused (the features would mix rates).
 
 Errors about the input (missing/unreadable audio, text line-count mismatch, empty transcript or
 translation, missing columns) are reported as one line naming the file/row, with exit status 2.
@@ -82,7 +85,7 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def _import_features():
-    """``imitkd.features`` (kaldi_fbank, read_audio) without importing the ``imitkd`` package.
+    """``imitkd.features`` (kaldi_fbank, read_audio, resample, SAMPLE_RATE) without importing the ``imitkd`` package.
 
     The package ``__init__`` imports fairseq and registers tasks (seconds of start-up, and it may be
     mid-edit); the features module itself only needs numpy, kaldi-native-fbank and soundfile, so it is
@@ -95,13 +98,13 @@ def _import_features():
         spec = importlib.util.spec_from_file_location("_imitkd_features", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        return mod.kaldi_fbank, mod.read_audio
-    from imitkd.features import kaldi_fbank, read_audio
+        return mod.kaldi_fbank, mod.read_audio, mod.resample, mod.SAMPLE_RATE
+    from imitkd.features import SAMPLE_RATE, kaldi_fbank, read_audio, resample
 
-    return kaldi_fbank, read_audio
+    return kaldi_fbank, read_audio, resample, SAMPLE_RATE
 
 
-kaldi_fbank, read_audio = _import_features()
+kaldi_fbank, read_audio, resample, SAMPLE_RATE = _import_features()
 
 logger = logging.getLogger("prep_s2t_data")
 
@@ -459,8 +462,8 @@ def zip_manifest(zip_path: Path) -> Dict[str, Tuple[str, int]]:
 
 
 def _extract_job(args):
-    utt, out_dir, dtype = args
-    wav, sr = load_waveform(utt)
+    utt, out_dir, dtype, sample_rate = args
+    wav, sr = resample(*load_waveform(utt), sample_rate)
     feats = compute_fbank(wav, sr)
     if feats.shape[0] == 0:
         raise DataPrepError(f"{utt.where}: audio {utt.audio} is too short for one 25 ms frame")
@@ -481,15 +484,17 @@ def map_with_progress(fn, jobs: list, workers: int, desc: str, progress: bool = 
 
 
 def extract_features(
-    utts: Sequence[Utterance], out_dir: Path, workers: int = 1, dtype: str = "float32", progress: bool = True
+    utts: Sequence[Utterance], out_dir: Path, workers: int = 1, dtype: str = "float32", progress: bool = True,
+    sample_rate: int = SAMPLE_RATE,
 ) -> int:
-    """Compute and save fbank features for the utterances that have none yet; returns how many were computed."""
+    """Compute and save fbank features for the utterances that have none yet, from their audio resampled
+    to ``sample_rate``; returns how many were computed."""
     store = FeatureStore(out_dir)
     done = store.done()
     todo = [u for u in utts if u.id not in done]
     if len(todo) < len(utts):
         logger.info("features: %d of %d utterances already extracted, skipping them", len(utts) - len(todo), len(utts))
-    map_with_progress(_extract_job, [(u, str(out_dir), dtype) for u in todo], workers, "fbank", progress)
+    map_with_progress(_extract_job, [(u, str(out_dir), dtype, sample_rate) for u in todo], workers, "fbank", progress)
     return len(todo)
 
 
@@ -584,11 +589,15 @@ def write_config(
     specaugment: Optional[str] = None,
     audio_root: Optional[Path] = None,
     filename: str = "config.yaml",
+    sample_rate: Optional[int] = SAMPLE_RATE,
 ) -> Path:
-    """fairseq S2T data config. ``specaugment`` implies utterance CMVN (fairseq's gen_config_yaml does the same)."""
+    """fairseq S2T data config. ``specaugment`` implies utterance CMVN (fairseq's gen_config_yaml does the same).
+    ``sample_rate``: the rate the features were computed at (fairseq's own ``sample_rate`` key)."""
     import yaml
 
     cfg = {"input_channels": 1, "input_feat_per_channel": N_MEL_BINS, "vocab_filename": vocab_filename}
+    if sample_rate is not None:
+        cfg["sample_rate"] = int(sample_rate)
     if spm_model is not None:
         cfg["bpe_tokenizer"] = {"bpe": "sentencepiece", "sentencepiece_model": str(Path(spm_model).resolve())}
     if audio_root is not None:
@@ -667,8 +676,10 @@ def prepare(
     keep_npy: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    sample_rate: int = SAMPLE_RATE,
 ) -> Dict[str, object]:
-    """Run the whole preparation; returns a summary dict (utterance counts, computed features, paths)."""
+    """Run the whole preparation; returns a summary dict (utterance counts, computed features, paths).
+    Every file is resampled to ``sample_rate`` before its features are computed."""
     if layout not in READERS:
         raise DataPrepError(f"unknown layout {layout!r} (choose from {', '.join(READERS)})")
     data_root, out_dir = Path(data_root), Path(out_dir)
@@ -678,15 +689,19 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     if layout == "tsv" and data_root.resolve() == out_dir.resolve():
         raise DataPrepError("--out-dir must differ from --data-root for the tsv layout (the manifests would be overwritten)")
+    if not isinstance(sample_rate, int) or sample_rate < 1000:
+        raise DataPrepError(f"--sample-rate must be an integer of at least 1000 (Hz), got {sample_rate!r}")
     store = FeatureStore(out_dir)
     if overwrite:
         shutil.rmtree(store.dir, ignore_errors=True)
         store.zip_path.unlink(missing_ok=True)
+    elif store.done():
+        _check_resumed_rate(out_dir / "config.yaml", sample_rate)
 
     by_split = {s: READERS[layout](data_root, s, src_lang, tgt_lang) for s in splits}
     all_utts = [u for s in splits for u in by_split[s]]
     check_ids(all_utts)
-    computed = extract_features(all_utts, out_dir, workers, feature_dtype, progress)
+    computed = extract_features(all_utts, out_dir, workers, feature_dtype, progress, sample_rate)
     index = store.pack(keep_npy=keep_npy, progress=progress)
     for s in splits:
         write_manifest(out_dir / f"{s}.tsv", manifest_rows(by_split[s], index))
@@ -697,7 +712,8 @@ def prepare(
         raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
     train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
     vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type, vocab_size, vocab_from_dict, bpe_from)
-    config = write_config(out_dir, vocab_filename, spm_model, cmvn, specaugment, audio_root=out_dir)
+    config = write_config(out_dir, vocab_filename, spm_model, cmvn, specaugment, audio_root=out_dir,
+                          sample_rate=sample_rate)
     return {
         "splits": {s: len(by_split[s]) for s in splits},
         "computed": computed,
@@ -705,7 +721,25 @@ def prepare(
         "vocab": str(out_dir / vocab_filename),
         "spm_model": str(spm_model) if spm_model else None,
         "config": str(config),
+        "sample_rate": sample_rate,
     }
+
+
+def _check_resumed_rate(config: Path, sample_rate: int) -> None:
+    """Features of an earlier run in the output dir are reused: they must be of the same rate."""
+    import yaml
+
+    if not config.is_file():
+        return
+    try:
+        earlier = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("sample_rate")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        earlier = None
+    if earlier is None:
+        logger.warning("%s records no sample_rate: reusing its features as if computed at %d Hz", config, sample_rate)
+    elif int(earlier) != sample_rate:
+        raise DataPrepError(f"--sample-rate {sample_rate}: the features in {config.parent} were computed at {earlier} Hz "
+                            f"({config}); use --sample-rate {earlier}, another --out-dir or --overwrite")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -727,6 +761,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--specaugment", choices=sorted(SPECAUGMENT_POLICIES), help="SpecAugment policy for train (implies --cmvn utterance)")
     p.add_argument("--workers", default=1, type=int, help="feature-extraction processes (default 1)")
     p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"], help="dtype of stored features")
+    p.add_argument("--sample-rate", default=SAMPLE_RATE, type=int, metavar="HZ",
+                   help=f"resample every file to this rate before computing features (default {SAMPLE_RATE}; "
+                        "recorded as sample_rate in config.yaml)")
     p.add_argument("--keep-npy", action="store_true", help="keep fbank80/<id>.npy after packing the zip")
     p.add_argument("--overwrite", action="store_true", help="recompute all features")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -741,6 +778,7 @@ def main(argv=None) -> int:
             args.layout, args.data_root, args.out_dir, args.splits, args.src_lang, args.tgt_lang, args.vocab_type,
             args.vocab_size, args.vocab_splits, args.vocab_from_dict, args.bpe_from, args.cmvn, args.specaugment,
             args.workers, args.feature_dtype, args.keep_npy, args.overwrite, progress=not args.no_progress,
+            sample_rate=args.sample_rate,
         )
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

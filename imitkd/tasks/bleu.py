@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from fairseq import metrics
 
+from ..errors import ImitKDError
+
 ORDER = 4
 
 
@@ -20,6 +22,18 @@ def add_args(parser):
     parser.add_argument("--eval-bleu-tokenize", default="13a", help="sacreBLEU tokenization (13a, intl, none, ...)")
 
 
+def json_flag(flag: str, value) -> dict:
+    """The JSON object a flag holds (``{}`` when unset); ImitKDError naming the flag otherwise."""
+    try:
+        parsed = json.loads(value or "{}")
+    except json.JSONDecodeError as e:
+        raise ImitKDError(f"{flag}: not valid JSON ({e.msg} at character {e.pos + 1}) in {value!r}; "
+                          'write an object with quoted keys, e.g. \'{"beam": 4}\'') from None
+    if not isinstance(parsed, dict):
+        raise ImitKDError(f"{flag}: expected a JSON object such as '{{\"beam\": 4}}', got {value!r}")
+    return parsed
+
+
 class BleuScorer:
     """Decodes a batch with the task's generator and returns sacreBLEU statistics to log."""
 
@@ -28,11 +42,11 @@ class BleuScorer:
         from fairseq.data import encoders
 
         self.task, self.args = task, args
-        gen_args = Namespace(**json.loads(args.eval_bleu_args or "{}"))
+        gen_args = Namespace(**json_flag("--eval-bleu-args", args.eval_bleu_args))
         self.generator = task.build_generator([model], gen_args)
         self.bpe = task.build_bpe(args)
         self.pre_tokenizer = task.build_tokenizer(args)
-        detok_args = json.loads(args.eval_bleu_detok_args or "{}")
+        detok_args = json_flag("--eval-bleu-detok-args", args.eval_bleu_detok_args)
         self.detok = None if args.eval_bleu_detok in (None, "none") else \
             encoders.build_tokenizer(Namespace(tokenizer=args.eval_bleu_detok, **detok_args))
 
