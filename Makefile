@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { echo "installing espeak-ng (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+	@test -f /usr/share/dict/american-english || { echo "installing wamerican (Debian word list: the demo's plain-English filter)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wamerican >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wamerican >/dev/null; }; }
 
 setup: $(VENV)/.installed system-deps
 

@@ -4,8 +4,12 @@
 checkpointed) and identical on every data-parallel worker. ``update_num`` is the number of completed
 optimizer updates before the current one (0 for the first update), as fairseq passes it to
 ``task.train_step``: with the default schedule, update k (1-based) uses β = base^(−(k−1)/T).
+
+An optional *hold* keeps β = β₀ for the first H updates (a student that cannot decode yet learns
+from gold prefixes only) and runs the schedule over the remaining T − H updates.
 """
 import math
+from dataclasses import dataclass
 
 SCHEDULES = ("exponential", "linear", "inverse_sigmoid", "constant")
 
@@ -17,6 +21,7 @@ def beta_at(
     beta0: float = 1.0,
     base: float = 200.0,
     sigmoid_slope: float = 20.0,
+    hold_updates: int = 0,
 ) -> float:
     """β for the update after ``update_num`` completed ones.
 
@@ -24,26 +29,53 @@ def beta_at(
     linear:           beta0 · max(0, 1 − t/T)
     inverse_sigmoid:  beta0 / (1 + exp(slope · (t/T − 0.5)))
     constant:         beta0
-    with t = update_num and T = total_updates (> 0 for every schedule but constant). Result in [0, 1].
+    with t = update_num − H and T = total_updates − H (> 0 for every schedule but constant); for
+    update_num < H (``hold_updates``) β = beta0. Result in [0, 1].
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"--beta-schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if not 0.0 <= beta0 <= 1.0:
-        raise ValueError(f"--beta must be in [0, 1], got {beta0}")
-    if schedule == "constant":
-        return float(beta0)
-    if total_updates is None or total_updates <= 0:
-        raise ValueError(
-            f"--beta-schedule {schedule} decays over --max-update updates (or --beta-decay-updates); "
-            "set one of them, or use --beta-schedule constant"
-        )
-    progress = update_num / total_updates
-    if schedule == "exponential":
-        if base <= 1.0:
-            raise ValueError(f"--beta-base must be > 1, got {base}")
-        value = base ** (-progress)
-    elif schedule == "linear":
-        value = max(0.0, 1.0 - progress)
-    else:
-        value = 1.0 / (1.0 + math.exp(sigmoid_slope * (progress - 0.5)))
-    return float(min(1.0, max(0.0, beta0 * value)))
+    return BetaSchedule(schedule, beta0, total_updates, base, sigmoid_slope, hold_updates)(update_num)
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """The β schedule bound to its flags once; ``schedule(update_num) -> β``. Construction checks
+    the flags (ValueError naming the flag), so a bad value stops training at start-up."""
+
+    schedule: str = "exponential"
+    beta0: float = 1.0
+    decay_updates: int = 0  #: T, including the hold (default: --max-update)
+    base: float = 200.0
+    sigmoid_slope: float = 20.0
+    hold_updates: int = 0  #: H: β = beta0 for the first H updates
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--beta-schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.beta0 <= 1.0:
+            raise ValueError(f"--beta must be in [0, 1], got {self.beta0}")
+        if self.hold_updates < 0:
+            raise ValueError(f"--beta-hold-updates must be >= 0, got {self.hold_updates}")
+        if self.schedule == "constant":
+            return
+        if self.decay_updates is None or self.decay_updates <= 0:
+            raise ValueError(
+                f"--beta-schedule {self.schedule} decays over --max-update updates (or --beta-decay-updates), "
+                f"which must be positive (got {self.decay_updates}); or use --beta-schedule constant")
+        if self.hold_updates >= self.decay_updates:
+            raise ValueError(f"--beta-hold-updates {self.hold_updates} leaves nothing of the {self.decay_updates} "
+                             "decay updates (--beta-decay-updates or --max-update) to decay over")
+        if self.schedule == "exponential" and self.base <= 1.0:
+            raise ValueError(f"--beta-base must be > 1, got {self.base}")
+        if self.schedule == "inverse_sigmoid" and self.sigmoid_slope <= 0:
+            raise ValueError(f"--beta-sigmoid-slope must be > 0 (β falls with it), got {self.sigmoid_slope}")
+
+    def __call__(self, update_num: int) -> float:
+        if self.schedule == "constant" or update_num < self.hold_updates:
+            return float(self.beta0)
+        progress = (update_num - self.hold_updates) / (self.decay_updates - self.hold_updates)
+        if self.schedule == "exponential":
+            value = self.base ** (-progress)
+        elif self.schedule == "linear":
+            value = max(0.0, 1.0 - progress)
+        else:
+            value = 1.0 / (1.0 + math.exp(self.sigmoid_slope * (progress - 0.5)))
+        return float(min(1.0, max(0.0, self.beta0 * value)))

@@ -35,3 +35,23 @@ def test_other_schedules():
 def test_bad_flags_name_the_flag(kwargs, message):
     with pytest.raises(ValueError, match=message):
         beta_at(**kwargs)
+
+
+def test_hold_keeps_beta_then_decays_over_the_rest():
+    T, H = 1000, 200
+    assert all(beta_at(k, T, hold_updates=H) == 1.0 for k in (0, 1, H - 1))
+    assert beta_at(H, T, hold_updates=H) == 1.0  # the decay starts from β0
+    assert beta_at(H + 400, T, hold_updates=H) == pytest.approx(200 ** -0.5)
+    assert beta_at(T, T, hold_updates=H) == pytest.approx(1 / 200)
+    assert beta_at(H + 200, T, "linear", beta0=0.8, hold_updates=H) == pytest.approx(0.8 * 0.75)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(update_num=1, total_updates=100, hold_updates=100), "--beta-hold-updates 100 leaves nothing"),
+    (dict(update_num=1, total_updates=100, hold_updates=-1), "--beta-hold-updates must be >= 0"),
+    (dict(update_num=1, total_updates=100, schedule="inverse_sigmoid", sigmoid_slope=-20), "--beta-sigmoid-slope"),
+    (dict(update_num=1, total_updates=-5), "must be positive"),
+])
+def test_more_bad_flags_name_the_flag(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        beta_at(**kwargs)

@@ -1,10 +1,12 @@
 """The one-command demo (examples/imitkd/run_demo.py, ``make demo``), end to end on the DDTP-ST ci corpus.
 
-The slow test runs every stage with tiny update counts (expert preprocessing + training, the three
-students, beam-search evaluation, table, plot) and checks what a user relies on: the table has the
-three methods with numeric BLEU/chrF, the PNG is valid, the KD students used the expert, β decayed
-in the ImitKD run, every test sentence was translated, and a second run skips every stage.
-Needs espeak-ng and deb.debian.org, like tests/test_ddtp_corpus.py (a missing piece fails with the fix).
+The slow test runs every stage with tiny update counts (expert and ASR training side by side, the ASR
+transcripts and the KDT manifest, the six students with the ASR encoder, beam-search evaluation,
+p-values, table, plot) and checks what a user relies on: the table has every method with numeric
+BLEU/chrF and p-values, the PNG is valid, the students started from the ASR encoder and kept CTC, the
+KD students used the expert, KDT students read ASR transcripts, β decayed in the ImitKD runs, every
+test sentence was translated, and a second run skips every stage.
+Needs espeak-ng and Debian's package index, like tests/test_ddtp_corpus.py (a missing piece fails with the fix).
 """
 import json
 import os
@@ -19,7 +21,9 @@ from ddtp_fixture import build_ci_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "imitkd" / "run_demo.py"
-METHODS = ("NLL (label-smoothed CE)", "word-level KD", "ImitKD (imit_kd_CE)")
+METHODS = ("NLL (label-smoothed CE)", "word-level KD", "ImitKD-full (imit_kd_CE)", "ImitKD-optimal (imit_kd)",
+           "KDT (word KD, expert reads ASR)", "ImitKDT (ImitKD-full, expert reads ASR)")
+KEYS = ("nll", "word_kd", "imit_kd_CE", "imit_kd", "kdt", "imitkdt")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,13 +84,14 @@ def ddtp_ci(tmp_path_factory):
 @pytest.mark.slow
 def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     out_dir = tmp_path / "demo"
-    args = ["--size", "ci", "--out", out_dir, "--corpus", ddtp_ci, "--expert-updates", 30, "--student-updates", 12,
-            "--max-len", 40]
+    args = ["--size", "ci", "--out", out_dir, "--corpus", ddtp_ci, "--expert-updates", 30, "--asr-updates", 20,
+            "--student-updates", 12, "--max-len", 40]
     first = run_demo(*args)
     assert first.returncode == 0, first.stdout[-5000:]
     log = first.stdout
 
-    # the table: three methods (+ the expert ceiling), numeric BLEU and chrF on test and test_unseen
+    # the table: six methods (+ the expert ceiling), numeric BLEU and chrF on test and test_unseen,
+    # paired-bootstrap p-values against NLL, the ASR WER
     md = (out_dir / "results.md").read_text()
     assert md.strip() in log  # printed as well
     rows = table_rows(md)
@@ -94,24 +99,35 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         assert method in rows, md
         bleu, chrf, bleu_u, chrf_u = (float(x) for x in rows[method][:4])
         assert 0 <= bleu <= 100 and 0 <= chrf <= 100 and 0 <= bleu_u <= 100 and 0 <= chrf_u <= 100
+        p_test, p_unseen = rows[method][4:6]
+        assert (p_test, p_unseen) == ("–", "–") if method.startswith("NLL") else 0 <= float(p_test) <= 1
         assert re.fullmatch(r"\d+:\d\d", rows[method][-1])  # train time
     assert any(k.startswith("expert") for k in rows)
+    assert re.search(r"WER [\d.]+ % on test, [\d.]+ % on test_unseen", md)
+    assert re.search(r"ImitKD-full vs word-KD: p = [\d.]+ \(test\)", md)
     results = json.loads((out_dir / "results.json").read_text())
-    assert [r["criterion"] for r in results["rows"]] == ["label_smoothed_cross_entropy", "word_kd", "imit_kd_CE"]
+    assert [r["criterion"] for r in results["rows"]] == ["nll", "word_kd", "imit_kd_CE", "imit_kd", "word_kd", "imit_kd_CE"]
+    assert set(results["asr_wer"]) == {"test", "test_unseen"}
 
     # the plot
     png = (out_dir / "demo.png").read_bytes()
     assert png[:8] == PNG_MAGIC and png[12:16] == b"IHDR" and len(png) > 10_000
 
-    # the KD students read the expert (its accuracy on the gold prefixes is logged) ...
+    # every student starts from the ASR encoder and keeps CTC on the transcript; the KD students read
+    # the expert (its accuracy on the gold prefixes is logged); KDT students train on ASR transcripts
     students = out_dir / "students"
-    for crit in ("word_kd", "imit_kd_CE"):
-        train_log = (students / crit / "train.log").read_text()
-        assert '"expert_accuracy"' in train_log and "--expert-sentencepiece-model" in train_log
-    assert '"expert_accuracy"' not in (students / "label_smoothed_cross_entropy" / "train.log").read_text()
+    for key in KEYS:
+        train_log = (students / key / "train.log").read_text()
+        assert "loaded pretrained encoder from" in train_log and '"ctc_loss"' in train_log
+        assert ('"expert_accuracy"' in train_log) == (key != "nll")
+    for key in ("kdt", "imitkdt"):
+        assert "--train-subset train_kdt" in (students / key / "train.log").read_text()
+    gold = [r["src_text"] for r in demo_module().read_manifest(ddtp_ci / "train.tsv")]
+    asr = [r["src_text"] for r in demo_module().read_manifest(ddtp_ci / "train_kdt.tsv")]
+    assert len(asr) == len(gold) and asr != gold  # the ASR model's transcripts, row by row
 
     # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes
-    train, dev = demo_module().curves(students / "imit_kd_CE" / "train.log")
+    train, dev = demo_module().curves(students / "imitkdt" / "train.log")
     betas = [r["beta"] for r in train if r["beta"] is not None]
     assert len(betas) >= 3 and betas[0] > 0.5 and betas[-1] < 0.1 and betas == sorted(betas, reverse=True)
     assert max(r["rollout_frac"] for r in train) > 0.5
@@ -122,7 +138,7 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     # every test sentence was translated, by every student and by the expert
     n_test = len((ddtp_ci / "test.tsv").read_text(encoding="utf-8").splitlines()) - 1
     assert n_test == 20
-    for system in ("label_smoothed_cross_entropy", "word_kd", "imit_kd_CE"):
+    for system in KEYS:
         for split in ("test", "test_unseen"):
             hyps = (out_dir / "eval" / f"{system}.{split}.hyp").read_text(encoding="utf-8").splitlines()
             assert len(hyps) == n_test
@@ -132,17 +148,18 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
 
     # progress: a line per stage with elapsed time, and training progress lines
     assert re.search(r"^\[\d\d:\d\d\] == student imit_kd_CE$", log, re.M)
-    assert re.search(r"^\[\d\d:\d\d\]\s+\[imit_kd_CE\] update \d+/12 epoch .*beta", log, re.M)
+    assert re.search(r"^\[\d\d:\d\d\]\s+\[student imit_kd_CE\] update \d+/12 loss .*beta", log, re.M)
     timings = json.loads((out_dir / "timings.json").read_text())["runs"]
-    assert set(timings[-1]["stages"]) >= {"corpus", "expert", "student imit_kd_CE", "evaluation", "report"}
+    assert set(timings[-1]["stages"]) >= {"corpus", "expert", "asr", "transcripts", "student imit_kd_CE",
+                                          "evaluation", "report"}
 
     # resumable: the same command again skips every stage and reproduces the table
     png_mtime = (out_dir / "demo.png").stat().st_mtime
     second = run_demo(*args, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:]
     assert "imitkd-train" not in second.stdout and second.stdout.count("skipped") >= 4
-    assert (out_dir / "results.md").read_text() == md
+    assert table_rows((out_dir / "results.md").read_text()) == rows
     assert (out_dir / "demo.png").stat().st_mtime >= png_mtime
     runs = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
-                                  if k.startswith(("expert", "student")))
+                                  if k.startswith(("expert", "asr", "student")))

@@ -1,115 +1,129 @@
 #!/usr/bin/env python3
-"""One-command offline demo: NLL vs word-level KD vs ImitKD for speech translation, on a CPU.
+"""One-command offline demo: the original ImitKD recipe for speech translation, end to end, on a CPU.
 
 ``make demo`` (= ``python examples/imitkd/run_demo.py --size small --out demo``) runs, on 2 CPU
-cores, without a GPU or any download but the Debian translation index:
+cores, without a GPU or any download but Debian's package index:
 
-1. **corpus**: the DDTP-ST en→de corpus (``examples/speech_to_text/build_ddtp_st.py``: Debian package
+1. **corpus**: DDTP-ST en→de (``examples/speech_to_text/build_ddtp_st.py``: Debian package
    descriptions, English side spoken by espeak-ng, 80-dim fbank) with a joint en+de sentencepiece
-   vocabulary (``dict.txt``, shared by the expert and the student);
-2. **expert**: a small text NMT expert (fairseq ``transformer``) on the corpus' English→German
-   text (``text/train.spm.{en,de}``, preprocessed with ``--srcdict dict.txt --tgtdict dict.txt``).
-   ``--expert-text-pairs N`` trains it on the first N pairs of the whole DDTP train pool instead (a
-   superset of the student's text; dev/test packages stay held out): the usual ImitKD setting of an
-   MT expert that has seen more text than there is speech, for runs with a larger budget;
-3. **students**: the same small ``s2t_transformer_s`` (reduced size) trained three ways with the same
-   updates and seed: ``label_smoothed_cross_entropy`` (NLL baseline, ε = 0.1), ``word_kd`` (word-level
-   KD from the expert on gold prefixes) and ``imit_kd_CE`` (ImitKD: the expert's distribution on
-   prefixes that are gold with probability β, else the student's own greedy rollouts; β decays
-   exponentially from 1 to 1/200 over training);
-4. **evaluation**: beam search (beam 5) on ``test`` (and ``test_unseen``, the same sentences spoken by
-   held-out voices), detokenized sacreBLEU and chrF (sacrebleu Python API); the expert's BLEU on the
-   *text* of ``test`` is the ceiling;
-5. **report**: a markdown table (printed and written to ``<out>/results.md``), ``<out>/results.json``
-   and ``<out>/demo.png`` (β and rollout fraction, dev-loss curves per method, BLEU bars).
+   vocabulary (``dict.txt``, shared by the ASR model, the expert and the students). Size ``small``
+   keeps plain English sentences of 3–14 words (no package names or code identifiers read aloud);
+2. **expert** (lane 2): a text NMT transformer on the whole DDTP train pool (tens of thousands of
+   pairs, a superset of the students' text; dev/test packages stay held out) — an expert that knows
+   more than the students can learn from the speech data;
+3. **ASR** (lane 1, beside the expert): the same ``s2t_transformer`` as the students, trained on
+   speech → English transcript (``<split>_asr.tsv`` manifests) with label-smoothed NLL plus CTC on
+   the transcript (``--criterion nll --ctc-weight``). Its WER on test/test_unseen is reported;
+4. **transcripts** (original workflow, step 2): the ASR model transcribes train/dev with
+   ``imitkd-generate``; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
+   ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` also
+   has the expert translate the train transcripts (``-o``: ``train_seqkd.tsv``, sequence-level KD);
+5. **students** (two at a time, one thread each): every student's encoder starts from the ASR model
+   (``--load-pretrained-encoder-from``, frozen for ``--encoder-freezing-updates``) and keeps a CTC
+   loss on the transcript; then NLL, word-level KD, ImitKD-full, ImitKD-optimal, KDT and ImitKDT
+   (medium adds SeqKD and ImitKD*), with the same updates and seed;
+6. **evaluation**: beam search (beam 5) on ``test`` and ``test_unseen`` (the same sentences spoken by
+   held-out voices), detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values
+   (sacrebleu, 1000 resamples) of every method against NLL and of ImitKD-full against word-KD;
+7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss curves
+   of the ASR model and every student, BLEU bars).
 
-Every stage is skipped when its output exists with the same settings (corpus, expert checkpoint,
-each student's checkpoint, each evaluation), so an interrupted demo resumes where it stopped (an
-interrupted fairseq run resumes from its ``checkpoint_last.pt``); ``--force`` redoes the expert,
-students and evaluations, ``--rebuild-corpus`` also re-synthesises the corpus. Changed settings
-(e.g. ``--student-updates``) redo the affected stages automatically.
-
-Budget and what to expect (``--size small``, 2 CPU cores)
--------------------------------------------------------
-Everything is sized to finish in about 15-20 minutes on 2 cores (measured: 15:00 on a machine shared
-with other jobs): corpus ~1-1.5 min, expert ~3 min (2+2 layers, d=128, 700 updates), students 2-4 min
-each (2+1 layers, d=128, 350 updates ≈ 6 epochs; ImitKD is the slowest: rollouts + expert),
-evaluation ~1.5 min. Each run uses one thread (``--threads``): on a busy machine OpenMP threads that
-spin for a core are several times slower, and these models are too small to gain much from two.
-That budget is far below what a speech translation model trained from scratch needs: after 6 epochs
-the students have barely begun to use the audio, so most of their translations are one or a few
-generic sentences (the table's "distinct outputs" column says how many), and BLEU (around 1) and
-chrF of such output are close to noise. The teacher-forced dev NLL (the curves in demo.png) is the
-measure that separates the methods at this budget: in our runs word-level KD was below NLL training
-throughout, and ImitKD far above both. With the default exponential schedule over so few updates, β
-is below 0.5 after an eighth of the ImitKD run (update 46 of 350), so most of its updates learn from
-rollouts of a student that cannot translate yet. Raise ``--student-updates`` (and
-``--expert-updates``) for a run that has time to converge; the stage times scale linearly.
+Every setting was chosen on dev (never on test); ``results.md`` names the commit and the machine.
+Every stage is skipped when its output exists with the same settings, so an interrupted demo
+resumes where it stopped (an interrupted fairseq run resumes from its ``checkpoint_last.pt``);
+``--force`` redoes the models and evaluations, ``--rebuild-corpus`` also re-synthesises the corpus.
 
 Layout of ``--out``::
 
-    corpus/                 DDTP-ST (unless --corpus DIR is given)
-    expert/                 data-bin/, checkpoint_best.pt, train.log, done.json
+    corpus/                 DDTP-ST (+ <split>_asr.tsv, train_kdt.tsv, train_seqkd.tsv written here)
+    expert-text/ expert-bin/  the expert's training text and fairseq-preprocess output
+    expert/ asr/            checkpoint_best.pt, train.log, done.json
+    transcripts/            ASR and expert fairseq-generate logs, wer.json
     students/<method>/      checkpoint_best.pt, train.log, done.json
     eval/<system>.<split>.json, .hyp   scores and detokenized hypotheses (one per line, in test order)
-    results.md results.json demo.png timings.json (stage times of every invocation)
+    results.md results.json demo.png timings.json
 
-Needs espeak-ng (``apt-get install -y espeak-ng``) and, once, network access to deb.debian.org
-(the Debian translation index). ``--size ci`` with ``--expert-updates``/``--student-updates`` is the
-seconds-long smoke version the tests run. Exit status 2 with a one-line ``error:`` on a missing tool
-or a failed stage (the failing command's log is named).
+Needs espeak-ng (``apt-get install -y espeak-ng``) and, once, Debian's package index (the DDTP
+translation files). ``--size ci`` with few updates is the seconds-long smoke version the tests run.
+Exit status 2 with a one-line ``error:`` on a missing tool or a failed stage (the failing log is named).
 """
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDER_DIR = REPO / "examples" / "speech_to_text"
+DATASET_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
 VENV_BIN = Path(sys.executable).parent
 TEST_SPLITS = ("test", "test_unseen")
+ALL_PAIRS = -1  #: expert_text_pairs: the whole DDTP train pool
 
-#: the three students: name in the table, fairseq criterion, its flags
-METHODS = (
-    ("NLL (label-smoothed CE)", "label_smoothed_cross_entropy", ["--label-smoothing", "0.1"]),
-    ("word-level KD", "word_kd", []),
-    ("ImitKD (imit_kd_CE)", "imit_kd_CE", []),
-)
 
-#: per corpus size: vocabulary, updates and model sizes (all CPU-sized)
+class Method:
+    """One student: its row in the table, its criterion and flags, and the training data it reads
+    (``gold``: train.tsv; ``asr``: train_kdt.tsv, the expert reads ASR transcripts; ``seqkd``:
+    train_seqkd.tsv, targets are the expert's translations)."""
+
+    def __init__(self, key, name, criterion, data="gold", extra=()):
+        self.key, self.name, self.criterion, self.data, self.extra = key, name, criterion, data, list(extra)
+
+    @property
+    def imitation(self) -> bool:
+        return self.criterion in ("imit_kd_CE", "imit_kd")
+
+
+METHODS = {m.key: m for m in (
+    Method("nll", "NLL (label-smoothed CE)", "nll", extra=["--label-smoothing", "0.1"]),
+    Method("word_kd", "word-level KD", "word_kd"),
+    Method("imit_kd_CE", "ImitKD-full (imit_kd_CE)", "imit_kd_CE"),
+    Method("imit_kd", "ImitKD-optimal (imit_kd)", "imit_kd"),
+    Method("kdt", "KDT (word KD, expert reads ASR)", "word_kd", data="asr"),
+    Method("imitkdt", "ImitKDT (ImitKD-full, expert reads ASR)", "imit_kd_CE", data="asr"),
+    Method("seqkd", "SeqKD (NLL on expert translations)", "nll", data="seqkd", extra=["--label-smoothing", "0.1"]),
+    Method("imitkd_star", "ImitKD* (ImitKD-full on expert translations)", "imit_kd_CE", data="seqkd"),
+)}
+BASE_METHODS = ("nll", "word_kd", "imit_kd_CE", "imit_kd", "kdt", "imitkdt")
+
+#: per corpus size: vocabulary, model sizes and budgets (CPU-sized; chosen on dev)
 PRESETS = {
     "ci": dict(
-        spm_vocab_size=1000, expert_text_pairs=0, expert_updates=300, student_updates=300,
+        spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=0,
         expert_layers=1, expert_dim=64, expert_ffn=128, expert_heads=2, expert_dropout=0.1, expert_max_tokens=2000,
-        expert_lr=2e-3, expert_warmup=50,
-        student_enc_layers=1, student_dec_layers=1, student_dim=64, student_ffn=128, student_heads=2,
-        student_conv=64, student_conv_kernels="5,5", student_max_tokens=20000, student_lr=2e-3, student_warmup=50,
-        log_interval=10, validate_every=50,
+        expert_lr=2e-3, expert_warmup=50, expert_updates=200, expert_stop_hours=0,
+        enc_layers=1, dec_layers=1, dim=64, ffn=128, heads=2, conv_kernels="5,5", max_tokens=20000,
+        asr_updates=100, asr_stop_hours=0, asr_lr=2e-3, asr_warmup=50, asr_ctc_weight=0.5,
+        student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, encoder_freezing=10,
+        beta_hold=0, transcribe_beam=1, log_interval=10, validate_every=50,
     ),
-    # measured on 2 shared CPU cores: expert ~2.5 updates/s; students (36 utterances a batch) ~2 (NLL),
-    # ~1.6 (word_kd), ~1 (imit_kd_CE: rollouts + expert) updates/s
+    # chosen on dev (see README): the ASR model and the expert train side by side for at most their
+    # updates or stop_hours (whichever comes first); every student gets the same fixed updates
     "small": dict(
-        spm_vocab_size=1000, expert_text_pairs=0, expert_updates=700, student_updates=350,
-        expert_layers=2, expert_dim=128, expert_ffn=512, expert_heads=4, expert_dropout=0.2, expert_max_tokens=2048,
-        expert_lr=3e-3, expert_warmup=100,
-        student_enc_layers=2, student_dec_layers=1, student_dim=128, student_ffn=512, student_heads=4,
-        student_conv=128, student_conv_kernels="5,5,5", student_max_tokens=20000, student_lr=5e-3, student_warmup=100,
-        log_interval=25, validate_every=50,
+        spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
+        expert_layers=3, expert_dim=256, expert_ffn=1024, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
+        expert_lr=2e-3, expert_warmup=300, expert_updates=2000, expert_stop_hours=0.25,
+        enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5", max_tokens=20000,
+        asr_updates=1200, asr_stop_hours=0.27, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
+        student_updates=500, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=100,
+        beta_hold=0, transcribe_beam=4, log_interval=25, validate_every=100,
     ),
-    # not tuned: a starting point for longer (GPU or many-core) runs
     "medium": dict(
-        spm_vocab_size=4000, expert_text_pairs=0, expert_updates=8000, student_updates=8000,
-        expert_layers=3, expert_dim=256, expert_ffn=1024, expert_heads=4, expert_dropout=0.3, expert_max_tokens=4096,
-        expert_lr=1e-3, expert_warmup=1000,
-        student_enc_layers=6, student_dec_layers=3, student_dim=256, student_ffn=1024, student_heads=4,
-        student_conv=256, student_conv_kernels="5,5", student_max_tokens=30000, student_lr=2e-3, student_warmup=1000,
-        log_interval=100, validate_every=500,
+        spm_vocab_size=1000, methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_text_pairs=ALL_PAIRS,
+        expert_layers=3, expert_dim=256, expert_ffn=1024, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
+        expert_lr=2e-3, expert_warmup=300, expert_updates=3000, expert_stop_hours=0.5,
+        enc_layers=4, dec_layers=2, dim=144, ffn=576, heads=4, conv_kernels="5,5,5", max_tokens=20000,
+        asr_updates=2500, asr_stop_hours=0.75, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
+        student_updates=1200, student_lr=2e-3, student_warmup=150, student_ctc_weight=0.3, encoder_freezing=200,
+        beta_hold=0, transcribe_beam=4, log_interval=50, validate_every=200,
     ),
 }
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
@@ -125,13 +139,15 @@ class Clock:
     def __init__(self):
         self.t0 = time.time()
         self.stages = {}  # name -> dict(seconds, status)
+        self.lock = threading.Lock()
 
     def stamp(self) -> str:
         s = int(time.time() - self.t0)
         return f"[{s // 60:02d}:{s % 60:02d}]"
 
     def say(self, msg: str):
-        print(f"{self.stamp()} {msg}", flush=True)
+        with self.lock:
+            print(f"{self.stamp()} {msg}", flush=True)
 
     def stage(self, name: str):
         return _Stage(self, name)
@@ -148,20 +164,35 @@ class _Stage:
 
     def skip(self, why: str):
         self.status = f"skipped ({why})"
-        self.clock.say(f"   skipped: {why}")
+        self.clock.say(f"   [{self.name}] skipped: {why}")
 
     def __exit__(self, exc_type, exc, tb):
         dt = time.time() - self.t
         if exc_type is None:
             self.clock.stages[self.name] = dict(seconds=round(dt, 1), status=self.status)
             if self.status == "done":
-                self.clock.say(f"   {self.name}: done in {dt:.0f} s")
+                self.clock.say(f"   {self.name}: done in {fmt_time(dt)}")
         return False
 
 
 def fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def in_lanes(jobs, lanes: int):
+    """Run ``jobs`` ({name: callable}) at most ``lanes`` at a time; returns {name: result}. The first
+    failure is raised once the running jobs have finished (queued ones are cancelled)."""
+    if lanes <= 1:
+        return {name: job() for name, job in jobs.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=lanes) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        try:
+            return {name: f.result() for name, f in futures.items()}
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -189,7 +220,7 @@ _JSON_LINE = re.compile(r"(?:\|\s*|INFO:)([\w.]+)\s*(?:\||:)\s*(\{.*\})\s*$")
 
 def parse_json_log(lines):
     """(tag, stats) for every fairseq ``--log-format json`` line: tags ``train_inner`` (every
-    ``--log-interval`` updates), ``train`` (epoch summary) and the validation subset (``dev``/``valid``)."""
+    ``--log-interval`` updates), ``train`` (epoch summary) and the validation subset (``dev``...)."""
     out = []
     for line in lines:
         m = _JSON_LINE.search(line)
@@ -203,8 +234,8 @@ def parse_json_log(lines):
 
 
 def run_logged(cmd, log_path: Path, clock: Clock, label: str, threads: int, quiet: bool = False, total=None) -> float:
-    """Run ``cmd``, tee its output to ``log_path`` and print one line per fairseq progress/validation
-    record. Returns the wall time; raises DemoError naming the log on failure."""
+    """Run ``cmd``, append its output to ``log_path`` and print one line per fairseq progress /
+    validation record. Returns the wall time; raises DemoError naming the log on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t = time.time()
     with open(log_path, "a", encoding="utf-8") as log:
@@ -220,15 +251,14 @@ def run_logged(cmd, log_path: Path, clock: Clock, label: str, threads: int, quie
                 continue
             for tag, s in parse_json_log([line]):
                 if tag == "train_inner":
-                    extra = "".join(f" {k} {s[k]}" for k in ("beta", "rollout_frac", "expert_accuracy") if k in s)
+                    extra = "".join(f" {k} {s[k]}" for k in ("beta", "ctc_loss", "expert_accuracy") if k in s)
                     of = f"/{total}" if total else ""
-                    clock.say(f"   [{label}] update {s.get('num_updates')}{of} epoch {s.get('epoch')} "
-                              f"loss {s.get('loss')} nll {s.get('nll_loss')}{extra} ({s.get('ups')} updates/s)")
-                elif tag not in ("train",):
+                    clock.say(f"   [{label}] update {s.get('num_updates')}{of} loss {s.get('loss')} "
+                              f"nll {s.get('nll_loss')}{extra} ({s.get('ups')} updates/s)")
+                elif tag != "train":
                     p = f"{tag}_"
-                    best = f" (best {s[p + 'best_loss']})" if p + "best_loss" in s else ""
-                    clock.say(f"   [{label}] {tag} loss @ {s.get(p + 'num_updates')} updates: "
-                              f"{s.get(p + 'loss')}, gold NLL {s.get(p + 'nll_loss')} bits{best}")
+                    clock.say(f"   [{label}] {tag} @ {s.get(p + 'num_updates')} updates: gold NLL "
+                              f"{s.get(p + 'nll_loss')} bits")
         rc = proc.wait()
     if rc != 0:
         errors = [line for line in tail if line.startswith("error:") or "Error" in line]
@@ -252,19 +282,63 @@ def _done(path: Path, key: str):
     return rec if rec.get("key") == key else None
 
 
+def _done_key(path: Path) -> str:
+    try:
+        return json.loads(path.read_text()).get("key", "")
+    except (OSError, ValueError):
+        return ""
+
+
 def _write_json(path: Path, obj):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-# --------------------------------------------------------------------------- stages
+def _prepare_run_dir(d: Path, key: str, force: bool) -> str:
+    """A fresh run directory ("fresh"), or "resume": an interrupted run with the same settings left
+    its checkpoint_last.pt, from which fairseq goes on."""
+    settings = d / "settings.json"
+    if not force and _done(settings, key) and (d / "checkpoint_last.pt").is_file():
+        return "resume"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    _write_json(settings, dict(key=key))
+    return "fresh"
+
+
+def train_run(args, clock, run_dir: Path, cmd, label: str, updates: int, deps=()) -> dict:
+    """One fairseq-train run, skipped when done with the same command and dependencies, resumed
+    when interrupted. Returns its done-record (``key``, ``train_seconds``)."""
+    key = _settings_key([str(c) for c in cmd[1:]] + [_done_key(Path(d)) for d in deps])
+    with clock.stage(label) as st:
+        done = _done(run_dir / "done.json", key)
+        if done and (run_dir / "checkpoint_best.pt").is_file() and not args.force:
+            st.skip(f"{run_dir}/checkpoint_best.pt exists (trained in {fmt_time(done['train_seconds'])})")
+            return done
+        if _prepare_run_dir(run_dir, key, args.force) == "resume":
+            clock.say(f"   [{label}] resuming the interrupted run from {run_dir}/checkpoint_last.pt")
+        clock.say(f"   [{label}] {updates} updates (log: {run_dir / 'train.log'})")
+        seconds = run_logged(cmd, run_dir / "train.log", clock, label, args.threads, quiet=args.quiet, total=updates)
+        train, dev = curves(run_dir / "train.log")
+        reached = max([r["update"] for r in train + dev], default=0)
+        rec = dict(key=key, train_seconds=round(seconds, 1), updates=updates, reached=reached)
+        _write_json(run_dir / "done.json", rec)
+        return rec
+
+
+# --------------------------------------------------------------------------- corpus
 def load_builder():
     if str(BUILDER_DIR) not in sys.path:
         sys.path.insert(0, str(BUILDER_DIR))
     import build_ddtp_st
 
     return build_ddtp_st
+
+
+def read_manifest(path: Path):
+    return load_builder().prep.load_manifest(path)
 
 
 def stage_corpus(args, P, clock) -> Path:
@@ -275,63 +349,100 @@ def stage_corpus(args, P, clock) -> Path:
                 if not (corpus / name).is_file():
                     raise DemoError(f"--corpus {corpus}: {name} missing (build it with build_ddtp_st.py --spm-vocab-size N)")
             st.skip(f"using --corpus {corpus}")
-            return corpus
-        corpus = args.out / "corpus"
-        if (corpus / "MANIFEST.json").is_file() and not args.rebuild_corpus:
-            manifest = json.loads((corpus / "MANIFEST.json").read_text())
-            if (manifest.get("size") == args.size and manifest.get("seed") == args.seed
-                    and (manifest.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]):
+        else:
+            corpus = args.out / "corpus"
+            manifest = corpus / "MANIFEST.json"
+            m = json.loads(manifest.read_text()) if manifest.is_file() and not args.rebuild_corpus else {}
+            if (m.get("size") == args.size and m.get("seed") == args.seed
+                    and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]):
                 st.skip(f"{corpus} exists (size {args.size}); --rebuild-corpus to re-synthesise")
-                return corpus
-        if shutil.which("espeak-ng") is None:
-            raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
-        b = load_builder()
-        clock.say(f"   building DDTP-ST size={args.size} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
-        try:
-            b.build(corpus, size=args.size, seed=args.seed, workers=args.workers, spm_vocab_size=P["spm_vocab_size"],
-                    overwrite=args.rebuild_corpus, progress=not args.quiet)
-        except b.ParamsMismatch as e:
-            raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
-        except b.BuildError as e:
-            raise DemoError(f"building the corpus failed: {e}") from None
+            else:
+                if shutil.which("espeak-ng") is None:
+                    raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
+                b = load_builder()
+                clock.say(f"   building DDTP-ST size={args.size} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
+                try:
+                    b.build(corpus, size=args.size, seed=args.seed, workers=args.workers,
+                            spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
+                except b.ParamsMismatch as e:
+                    raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
+                except b.BuildError as e:
+                    raise DemoError(f"building the corpus failed: {e}") from None
+        write_asr_manifests(corpus, args.splits)
         return corpus
 
 
-def expert_text_stem(args, P, corpus: Path) -> Path:
-    n = P["expert_text_pairs"]
-    return args.out / "expert" / "text" / f"train{n}.spm" if n else corpus / "text" / "train.spm"
+def write_asr_manifests(corpus: Path, test_splits):
+    """``<split>_asr.tsv``: the same utterances with the English transcript as the target (speech →
+    transcript), for the ASR stage and its transcription of train/dev."""
+    prep = load_builder().prep
+    for split in ("train", "dev", *test_splits):
+        out = corpus / f"{split}_asr.tsv"
+        src = corpus / f"{split}.tsv"
+        if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        rows = prep.load_manifest(src)
+        prep.write_manifest(out, [dict(r, tgt_text=r["src_text"]) for r in rows], columns=list(rows[0]))
 
 
+def model_config(args, corpus: Path) -> Path:
+    """The data config of the ASR model and the students: the corpus' config.yaml, without SpecAugment
+    unless --specaugment (a regulariser that only slows the few epochs a CPU demo trains)."""
+    import yaml
+
+    cfg = yaml.safe_load((corpus / "config.yaml").read_text(encoding="utf-8"))
+    if not args.specaugment:
+        cfg.pop("specaugment", None)
+        transforms = cfg.get("transforms") or {}
+        if "_train" in transforms:
+            transforms["_train"] = [t for t in transforms["_train"] if t != "specaugment"]
+    path = args.out / ("config_specaugment.yaml" if args.specaugment else "config.yaml")
+    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- expert
 def expert_text(args, P, corpus: Path, clock) -> Path:
-    """Train-side text of the expert: the corpus' own, or the first N pairs of the DDTP train pool."""
+    """The expert's sentencepiece-encoded training text (stem of .en/.de): the corpus' own train text,
+    or (``expert_text_pairs``) the DDTP train pool — every length, not only plain sentences — with the
+    corpus' train pairs included. Dev/test packages are never in it (the split is by package)."""
     n = P["expert_text_pairs"]
-    stem = expert_text_stem(args, P, corpus)
-    out = stem.parent
-    if not n or all(Path(f"{stem}.{lang}").is_file() for lang in ("en", "de")):
+    if not n:
+        return corpus / "text" / "train.spm"
+    stem = args.out / "expert-text" / "train.spm"
+    if all(Path(f"{stem}.{lang}").is_file() for lang in ("en", "de")):
         return stem
     import sentencepiece as spm
 
     b = load_builder()
-    cache = corpus / "apt"
     try:
-        translations = b.fetch_translations(cache)
+        translations = b.fetch_translations(corpus / "apt")
     except b.BuildError as e:
-        raise DemoError(f"--expert-text-pairs needs the DDTP translation files ({cache}): {e}") from None
+        raise DemoError(f"the expert's text needs the DDTP translation files ({corpus / 'apt'}): {e}") from None
     manifest = json.loads((corpus / "MANIFEST.json").read_text())
-    text, pools = b.select_text(translations, manifest["size"], manifest["seed"], {"train": n})
-    own = (corpus / "text" / "train.en").read_text(encoding="utf-8").splitlines()
-    test = (corpus / "text" / "test.en").read_text(encoding="utf-8").splitlines()
-    if [p.en for p in text["train"][: len(own)]] != own or [p.en for p in text["test"]] != test:
-        raise DemoError("--expert-text-pairs: the DDTP pool does not extend this corpus (other Translation files "
-                        "or seed?); use --expert-text-pairs 0")
+    text, pools = b.select_text(translations, "medium", manifest["seed"], {"train": 10 ** 9, "dev": 0, "test": 0})
+    own_en = (corpus / "text" / "train.en").read_text(encoding="utf-8").splitlines()
+    own_de = (corpus / "text" / "train.de").read_text(encoding="utf-8").splitlines()
+    held_out = set((corpus / "text" / "test.en").read_text(encoding="utf-8").splitlines())
+    held_out |= set((corpus / "text" / "dev.en").read_text(encoding="utf-8").splitlines())
+    pairs = list(zip(own_en, own_de))
+    seen = set(pairs)
+    for p in text["train"]:
+        if (p.en, p.de) not in seen and p.en not in held_out:
+            seen.add((p.en, p.de))
+            pairs.append((p.en, p.de))
+    if n > 0:
+        pairs = pairs[: max(n, len(own_en))]
     sp = spm.SentencePieceProcessor(model_file=str(corpus / "spm_joint.model"))
-    out.mkdir(parents=True, exist_ok=True)
-    for lang in ("en", "de"):
-        lines = [" ".join(sp.encode(getattr(p, lang), out_type=str)) for p in text["train"]]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for i, lang in enumerate(("en", "de")):
+        lines = [" ".join(sp.encode(pair[i], out_type=str)) for pair in pairs]
         Path(f"{stem}.{lang}.tmp").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         os.replace(f"{stem}.{lang}.tmp", f"{stem}.{lang}")
-    clock.say(f"   expert text: {len(text['train'])} train pairs (pool {pools['train']}; the student's "
-              f"{len(own)} are the first ones), packages disjoint from dev/test")
+    clock.say(f"   [expert] text: {len(pairs)} train pairs (DDTP train pool {pools['train']} + the corpus' "
+              f"{len(own_en)}), packages disjoint from dev/test")
     return stem
 
 
@@ -353,123 +464,171 @@ def _interval_flags(P, updates):
             "--log-interval", log_every]
 
 
+def _stop_flags(hours):
+    """fairseq's wall-clock cap (cumulative over resumes), or none."""
+    return ["--stop-time-hours", hours] if hours else []
+
+
 def stage_expert(args, P, corpus: Path, clock) -> Path:
     exp = args.out / "expert"
-    with clock.stage("expert") as st:
-        stem = expert_text_stem(args, P, corpus)
-        updates = P["expert_updates"]
-        train_cmd = [_exe("imitkd-train"), exp / "data-bin", *expert_flags(P), *COMMON,
-                     "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P["expert_lr"],
-                     "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(P["expert_warmup"], updates // 2 or 1),
-                     "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-                     "--max-tokens", P["expert_max_tokens"], "--max-update", updates,
-                     *_interval_flags(P, updates), "--save-dir", exp]
-        key = _settings_key([str(corpus), str(stem), [str(c) for c in train_cmd[1:]]])
-        done = _done(exp / "done.json", key)
-        if done and (exp / "checkpoint_best.pt").is_file() and not args.force:
-            st.skip(f"{exp}/checkpoint_best.pt exists (trained in {fmt_time(done['train_seconds'])})")
-            return exp / "checkpoint_best.pt"
-        if _prepare_run_dir(exp, key, args.force) == "resume":
-            clock.say(f"   resuming the interrupted run from {exp}/checkpoint_last.pt")
-        stem = expert_text(args, P, corpus, clock)
-        clock.say("   fairseq-preprocess (joint dictionary dict.txt for source and target)")
-        t0 = time.time()
-        run_logged([_exe("imitkd-preprocess"), "--source-lang", "en", "--target-lang", "de", "--trainpref", stem,
-                    "--validpref", corpus / "text" / "dev.spm", "--testpref", corpus / "text" / "test.spm",
-                    "--srcdict", corpus / "dict.txt", "--tgtdict", corpus / "dict.txt", "--destdir", exp / "data-bin",
-                    "--workers", max(1, args.workers)], exp / "preprocess.log", clock, "preprocess", args.threads, True)
-        if (exp / "data-bin" / "dict.de.txt").read_text(encoding="utf-8") != (corpus / "dict.txt").read_text(encoding="utf-8"):
-            raise DemoError("the expert's target dictionary differs from the corpus dict.txt")
-        clock.say(f"   training the expert: {P['expert_layers']}+{P['expert_layers']} layers, d={P['expert_dim']}, "
-                  f"{updates} updates (log: {exp / 'train.log'})")
-        run_logged(train_cmd, exp / "train.log", clock, "expert", args.threads, total=updates)
-        _write_json(exp / "done.json", dict(key=key, train_seconds=round(time.time() - t0, 1), updates=updates))
-        return exp / "checkpoint_best.pt"
+    updates = P["expert_updates"]
+    bin_dir = args.out / "expert-bin"  # outside the run dir, which a fresh run empties
+    stem = expert_text(args, P, corpus, clock)
+    text = corpus / "text"
+    prep_cmd = [_exe("imitkd-preprocess"), "--source-lang", "en", "--target-lang", "de", "--trainpref", stem,
+                "--validpref", text / "dev.spm", "--testpref", f"{text / 'test.spm'},{text / 'train.spm'}",
+                "--srcdict", corpus / "dict.txt", "--tgtdict", corpus / "dict.txt", "--destdir", bin_dir,
+                "--workers", max(1, args.workers)]
+    if not (bin_dir / "done").is_file() or (bin_dir / "done").read_text() != _settings_key(prep_cmd):
+        shutil.rmtree(bin_dir, ignore_errors=True)
+        run_logged(prep_cmd, args.out / "expert-bin.log", clock, "preprocess", args.threads, quiet=True)
+        (bin_dir / "done").write_text(_settings_key(prep_cmd))
+    if (bin_dir / "dict.de.txt").read_text(encoding="utf-8") != (corpus / "dict.txt").read_text(encoding="utf-8"):
+        raise DemoError("the expert's target dictionary differs from the corpus dict.txt")
+    cmd = [_exe("imitkd-train"), bin_dir, *expert_flags(P), *COMMON,
+           "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P["expert_lr"],
+           "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(P["expert_warmup"], updates // 2 or 1),
+           "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+           "--max-tokens", P["expert_max_tokens"], "--max-update", updates, *_interval_flags(P, updates),
+           "--save-dir", exp, *_stop_flags(P["expert_stop_hours"])]
+    train_run(args, clock, exp, cmd, "expert", updates)
+    return exp / "checkpoint_best.pt"
 
 
-def student_flags(P):
-    d, f, h = P["student_dim"], P["student_ffn"], P["student_heads"]
-    return ["--arch", "s2t_transformer_s", "--encoder-layers", P["student_enc_layers"],
-            "--decoder-layers", P["student_dec_layers"], "--encoder-embed-dim", d, "--decoder-embed-dim", d,
-            "--encoder-ffn-embed-dim", f, "--decoder-ffn-embed-dim", f, "--encoder-attention-heads", h,
-            "--decoder-attention-heads", h, "--conv-channels", P["student_conv"],
-            "--conv-kernel-sizes", P["student_conv_kernels"], "--dropout", "0.1",
+# --------------------------------------------------------------------------- speech models
+def s2t_flags(P):
+    """The architecture of the ASR model and of every student (so the ASR encoder transfers)."""
+    d, f, h = P["dim"], P["ffn"], P["heads"]
+    return ["--arch", "s2t_transformer_s", "--encoder-layers", P["enc_layers"], "--decoder-layers", P["dec_layers"],
+            "--encoder-embed-dim", d, "--decoder-embed-dim", d, "--encoder-ffn-embed-dim", f,
+            "--decoder-ffn-embed-dim", f, "--encoder-attention-heads", h, "--decoder-attention-heads", h,
+            "--conv-channels", d, "--conv-kernel-sizes", P["conv_kernels"], "--dropout", "0.1",
             "--share-decoder-input-output-embed"]
 
 
-def student_config(args, corpus: Path) -> Path:
-    """The students' data config: the corpus' config.yaml, without SpecAugment unless --specaugment
-    (a regulariser that only slows the first few epochs, which is all a CPU demo trains)."""
-    import yaml
-
-    cfg = yaml.safe_load((corpus / "config.yaml").read_text(encoding="utf-8"))
-    if not args.specaugment:
-        cfg.pop("specaugment", None)
-        transforms = cfg.get("transforms") or {}
-        if "_train" in transforms:
-            transforms["_train"] = [t for t in transforms["_train"] if t != "specaugment"]
-    path = args.out / "students" / ("config_specaugment.yaml" if args.specaugment else "config.yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-    return path
+def s2t_cmd(args, P, corpus, train_subset, valid_subset, lr, warmup, updates, save_dir):
+    return [_exe("imitkd-train"), corpus, "--task", "speech_to_text_kd", "--config-yaml", model_config(args, corpus),
+            "--train-subset", train_subset, "--valid-subset", valid_subset, *s2t_flags(P), *COMMON,
+            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", lr, "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", min(warmup, updates // 2 or 1), "--clip-norm", "10.0",
+            "--max-tokens", P["max_tokens"], "--max-update", updates, *_interval_flags(P, updates),
+            "--save-dir", save_dir]
 
 
-def stage_student(args, P, corpus: Path, expert_ckpt: Path, method, clock) -> dict:
-    name, criterion, extra = method
-    sdir = args.out / "students" / criterion
-    with clock.stage(f"student {criterion}") as st:
-        updates = P["student_updates"]
-        cmd = [_exe("imitkd-train"), corpus, "--task", "speech_to_text_kd", "--config-yaml", student_config(args, corpus),
-               "--train-subset", "train", "--valid-subset", "dev", *student_flags(P), *COMMON,
-               "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P["student_lr"],
-               "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(P["student_warmup"], updates // 2 or 1),
-               "--clip-norm", "10.0", "--max-tokens", P["student_max_tokens"], "--max-update", updates,
-               *_interval_flags(P, updates), "--save-dir", sdir, "--criterion", criterion, *extra]
-        if criterion != "label_smoothed_cross_entropy":
-            cmd += ["--expert", expert_ckpt, "--path", expert_ckpt.parent / "data-bin",
-                    "--expert-sentencepiece-model", corpus / "spm_joint.model"]
-        key = _settings_key([str(c) for c in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
-        done = _done(sdir / "done.json", key)
-        if done and (sdir / "checkpoint_best.pt").is_file() and not args.force:
-            st.skip(f"{sdir}/checkpoint_best.pt exists (trained in {fmt_time(done['train_seconds'])})")
-            return done
-        if _prepare_run_dir(sdir, key, args.force) == "resume":
-            clock.say(f"   resuming the interrupted run from {sdir}/checkpoint_last.pt")
-        clock.say(f"   {name}: s2t_transformer {P['student_enc_layers']}+{P['student_dec_layers']} layers, "
-                  f"d={P['student_dim']}, {updates} updates (log: {sdir / 'train.log'})")
-        seconds = run_logged(cmd, sdir / "train.log", clock, criterion, args.threads, total=updates)
-        rec = dict(key=key, train_seconds=round(seconds, 1), updates=updates, criterion=criterion)
-        _write_json(sdir / "done.json", rec)
-        return rec
+def stage_asr(args, P, corpus: Path, clock) -> Path:
+    """Speech → English transcript: label-smoothed NLL + CTC on the transcript (the target here)."""
+    d = args.out / "asr"
+    updates = P["asr_updates"]
+    cmd = s2t_cmd(args, P, corpus, "train_asr", "dev_asr", P["asr_lr"], P["asr_warmup"], updates, d)
+    cmd += ["--criterion", "nll", "--label-smoothing", "0.1", "--ctc-weight", P["asr_ctc_weight"],
+            *_stop_flags(P["asr_stop_hours"])]
+    train_run(args, clock, d, cmd, "asr", updates)
+    return d / "checkpoint_best.pt"
 
 
-def _done_key(path: Path) -> str:
-    try:
-        return json.loads(path.read_text()).get("key", "")
-    except (OSError, ValueError):
-        return ""
+def generate(args, clock, cmd, log: Path, key: str, label: str) -> Path:
+    """fairseq-generate into ``log`` unless it is there for the same key."""
+    done = log.with_suffix(".done")
+    if log.is_file() and done.is_file() and done.read_text() == key and not args.force:
+        return log
+    t = time.time()
+    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=_env(args.threads), cwd=REPO)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("$ " + " ".join(map(str, cmd)) + "\n" + proc.stdout, encoding="utf-8")
+    if proc.returncode != 0:
+        last = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["no output"]
+        raise DemoError(f"{label} failed (exit {proc.returncode}): {last[0]} -- log: {log}")
+    done.write_text(key)
+    clock.say(f"   [{label}] done in {fmt_time(time.time() - t)}")
+    return log
 
 
-def _prepare_run_dir(d: Path, key: str, force: bool) -> str:
-    """A fresh run directory ("fresh"), or "resume": an interrupted run with the same settings left
-    its checkpoint_last.pt, from which fairseq goes on."""
-    settings = d / "settings.json"
-    if not force and _done(settings, key) and (d / "checkpoint_last.pt").is_file():
-        return "resume"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    _write_json(settings, dict(key=key))
-    return "fresh"
+def gen_common(args, beam=5):
+    return ["--beam", str(beam), "--max-tokens", "50000", "--cpu", "--num-workers", "0",
+            "--required-batch-size-multiple", "1", "--max-len-a", "0", "--max-len-b", str(args.max_len)]
+
+
+def _words(text: str):
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def word_error_rate(hyps, refs) -> float:
+    """Corpus WER in %, on lowercased words without punctuation."""
+    import editdistance
+
+    errors = sum(editdistance.eval(_words(h), _words(r)) for h, r in zip(hyps, refs))
+    return 100.0 * errors / max(1, sum(len(_words(r)) for r in refs))
+
+
+def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, clock) -> dict:
+    """The ASR model transcribes train/dev (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the
+    test splits (→ WER); medium: the expert translates the train transcripts (→ train_seqkd.tsv)."""
+    tdir = args.out / "transcripts"
+    asr_key = _done_key(asr_ckpt.parent / "done.json")
+    jobs = {}
+    for split in ("train", "dev", *args.splits):
+        cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
+               model_config(args, corpus), "--gen-subset", f"{split}_asr", "--path", asr_ckpt,
+               *gen_common(args, P["transcribe_beam"] if split in ("train", "dev") else 5)]
+        jobs[split] = (lambda c=cmd, s=split: generate(args, clock, c, tdir / f"asr.{s}.log",
+                                                       _settings_key([str(x) for x in c[1:]] + [asr_key]),
+                                                       f"ASR transcribes {s}"))
+    wants_seqkd = any(METHODS[m].data == "seqkd" for m in P["methods"])
+    if wants_seqkd:
+        cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
+               "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
+               *gen_common(args)]
+        key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
+        jobs["seqkd"] = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
+    with clock.stage("transcripts"):
+        logs = in_lanes(jobs, args.lanes)
+        for split in ("train", "dev"):
+            _generated_manifest(corpus / f"{split}.tsv", corpus / f"{split}_kdt.tsv", ["-a", logs[split]], clock)
+        if wants_seqkd:
+            _generated_manifest(corpus / "train.tsv", corpus / "train_seqkd.tsv", ["-o", logs["seqkd"]], clock)
+        wer = {}
+        for split in args.splits:
+            refs = [r["src_text"] for r in read_manifest(corpus / f"{split}.tsv")]
+            hyps = parse_hypotheses(logs[split].read_text(encoding="utf-8"), len(refs), logs[split])
+            wer[split] = round(word_error_rate(hyps, refs), 2)
+            (args.out / "eval").mkdir(parents=True, exist_ok=True)
+            (args.out / "eval" / f"asr.{split}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        clock.say("   ASR WER: " + ", ".join(f"{s} {w:.1f} %" for s, w in wer.items()))
+        _write_json(tdir / "wer.json", wer)
+        return wer
+
+
+def _generated_manifest(src: Path, out: Path, flags, clock):
+    cmd = [sys.executable, DATASET_SCRIPT, "-d", src, *flags, "-O", out]
+    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise DemoError(f"{DATASET_SCRIPT.name} failed: {proc.stdout.strip().splitlines()[-1:]}")
+    clock.say(f"   wrote {out.name} ({' '.join(map(str, flags[:1]))}: {Path(flags[1]).name})")
+
+
+TRAIN_SUBSETS = {"gold": "train", "asr": "train_kdt", "seqkd": "train_seqkd"}
+
+
+def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock) -> dict:
+    updates = P["student_updates"]
+    sdir = args.out / "students" / method.key
+    cmd = s2t_cmd(args, P, corpus, TRAIN_SUBSETS[method.data], "dev", P["student_lr"], P["student_warmup"],
+                  updates, sdir)
+    cmd += ["--load-pretrained-encoder-from", asr_ckpt, "--encoder-freezing-updates", P["encoder_freezing"],
+            "--ctc-weight", P["student_ctc_weight"], "--criterion", method.criterion, *method.extra]
+    deps = [asr_ckpt.parent / "done.json"]
+    if method.criterion != "nll":
+        cmd += ["--expert", expert_ckpt, "--path", args.out / "expert-bin",
+                "--expert-sentencepiece-model", corpus / "spm_joint.model"]
+        deps.append(expert_ckpt.parent / "done.json")
+    if method.imitation and P["beta_hold"]:
+        cmd += ["--beta-hold-updates", P["beta_hold"]]
+    rec = train_run(args, clock, sdir, cmd, f"student {method.key}", updates, deps)
+    return dict(rec, criterion=method.criterion)
 
 
 # --------------------------------------------------------------------------- evaluation
-def read_manifest(path: Path):
-    return load_builder().prep.load_manifest(path)
-
-
 def parse_hypotheses(stdout: str, n: int, log: Path):
     """Detokenized ``D-<index>`` lines of fairseq-generate, in dataset order."""
     hyps = {}
@@ -494,53 +653,61 @@ def score(hyps, refs):
 def evaluate(args, clock, system: str, split: str, gen_cmd, refs, key_parts) -> dict:
     edir = args.out / "eval"
     edir.mkdir(parents=True, exist_ok=True)
-    res_path, hyp_path, log = edir / f"{system}.{split}.json", edir / f"{system}.{split}.hyp", edir / f"{system}.{split}.log"
+    res_path, hyp_path = edir / f"{system}.{split}.json", edir / f"{system}.{split}.hyp"
     key = _settings_key([str(c) for c in gen_cmd[1:]] + list(key_parts))
     done = _done(res_path, key)
     if done and hyp_path.is_file() and not args.force:
-        clock.say(f"   {system} on {split}: cached (BLEU {done['bleu']}, chrF {done['chrf']})")
         return done
-    log.unlink(missing_ok=True)
     t = time.time()
-    proc = subprocess.run([str(c) for c in gen_cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=_env(args.threads), cwd=REPO)
-    log.write_text("$ " + " ".join(map(str, gen_cmd)) + "\n" + proc.stdout, encoding="utf-8")
-    if proc.returncode != 0:
-        last = [line for line in proc.stdout.splitlines() if line.strip()][-1:] or ["no output"]
-        raise DemoError(f"generation of {system} on {split} failed (exit {proc.returncode}): {last[0]} -- log: {log}")
-    hyps = parse_hypotheses(proc.stdout, len(refs), log)
+    log = generate(args, clock, gen_cmd, edir / f"{system}.{split}.log", key, f"{system} on {split}")
+    hyps = parse_hypotheses(log.read_text(encoding="utf-8"), len(refs), log)
     hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     rec = dict(key=key, system=system, split=split, n=len(hyps), seconds=round(time.time() - t, 1), **score(hyps, refs))
     _write_json(res_path, rec)
-    clock.say(f"   {system} on {split}: BLEU {rec['bleu']:.2f}  chrF {rec['chrf']:.2f}  "
-              f"({len(hyps)} sentences, {rec['seconds']:.0f} s)")
+    clock.say(f"   {system} on {split}: BLEU {rec['bleu']:.2f}  chrF {rec['chrf']:.2f}")
     return rec
 
 
-def gen_common(args):
-    return ["--beam", "5", "--max-tokens", "50000", "--cpu", "--num-workers", "0", "--required-batch-size-multiple", "1",
-            "--max-len-a", "0", "--max-len-b", str(args.max_len), "--scoring", "sacrebleu"]
-
-
-def stage_eval(args, corpus: Path, expert_ckpt: Path, students, clock) -> dict:
-    results = {}
+def stage_eval(args, P, corpus: Path, expert_ckpt: Path, students, clock) -> dict:
+    jobs = {}
+    refs = (corpus / "text" / "test.de").read_text(encoding="utf-8").splitlines()
+    cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset", "test",
+           "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece", *gen_common(args)]
+    jobs[("expert", "test")] = lambda: evaluate(args, clock, "expert", "test", cmd, refs,
+                                                [_done_key(expert_ckpt.parent / "done.json")])
+    for key in P["methods"]:
+        for split in args.splits:
+            split_refs = [r["tgt_text"] for r in read_manifest(corpus / f"{split}.tsv")]
+            # the data config's bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process
+            gen = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
+                   model_config(args, corpus), "--gen-subset", split,
+                   "--path", args.out / "students" / key / "checkpoint_best.pt", *gen_common(args)]
+            jobs[(key, split)] = (lambda k=key, s=split, g=gen, r=split_refs:
+                                  evaluate(args, clock, k, s, g, r, [students[k]["key"]]))
     with clock.stage("evaluation"):
-        refs = (corpus / "text" / "test.de").read_text(encoding="utf-8").splitlines()
-        cmd = [_exe("imitkd-generate"), expert_ckpt.parent / "data-bin", "--path", expert_ckpt, "--gen-subset", "test",
-               "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece", *gen_common(args)]
-        results[("expert", "test")] = evaluate(args, clock, "expert", "test", cmd, refs,
-                                               [_done_key(expert_ckpt.parent / "done.json")])
-        for _name, criterion, _ in METHODS:
-            sdir = args.out / "students" / criterion
-            for split in args.splits:
-                refs = [r["tgt_text"] for r in read_manifest(corpus / f"{split}.tsv")]
-                # the data config's bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process
-                cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd",
-                       "--config-yaml", student_config(args, corpus),
-                       "--gen-subset", split, "--path", sdir / "checkpoint_best.pt", *gen_common(args)]
-                results[(criterion, split)] = evaluate(args, clock, criterion, split, cmd, refs,
-                                                       [students[criterion]["key"]])
-    return results
+        return in_lanes(jobs, args.lanes)
+
+
+def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str) -> float:
+    """p-value of sacrebleu's paired bootstrap test (1000 resamples, seed 12345) for BLEU of
+    ``system`` against ``baseline`` on ``split``."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = [r["tgt_text"] for r in read_manifest(corpus / f"{split}.tsv")]
+    hyps = {s: (args.out / "eval" / f"{s}.{split}.hyp").read_text(encoding="utf-8").splitlines()
+            for s in (baseline, system)}
+    test = PairedTest([(baseline, hyps[baseline]), (system, hyps[system])], {"BLEU": BLEU()}, [refs],
+                      test_type="bs", n_samples=1000)
+    _, results = test()
+    return float(results["BLEU"][1].p_value)
+
+
+def significance(args, P, corpus: Path) -> dict:
+    """{(split, system, baseline): p} for every method vs NLL and ImitKD-full vs word-KD."""
+    pairs = [(m, "nll") for m in P["methods"] if m != "nll"] + [("imit_kd_CE", "word_kd")]
+    return {(split, s, b): paired_bootstrap(args, corpus, split, b, s) for split in args.splits for s, b in pairs
+            if s in P["methods"] and b in P["methods"]}
 
 
 # --------------------------------------------------------------------------- report
@@ -552,9 +719,8 @@ def curves(log: Path):
     for tag, s in records:
         if tag == "train_inner":
             train.append(dict(update=int(s.get("num_updates", 0)), beta=_f(s.get("beta")),
-                              rollout_frac=_f(s.get("rollout_frac")), loss=_f(s.get("loss")),
-                              expert_accuracy=_f(s.get("expert_accuracy"))))
-        elif tag in ("dev", "valid"):
+                              rollout_frac=_f(s.get("rollout_frac")), loss=_f(s.get("loss"))))
+        elif tag != "train":
             p = f"{tag}_"
             dev.append(dict(update=int(s.get(p + "num_updates", 0)), nll=_f(s.get(p + "nll_loss", s.get(p + "loss")))))
     dedup = {}
@@ -575,50 +741,89 @@ def distinct_outputs(args, system: str, split: str = "test") -> int:
     return len(set((args.out / "eval" / f"{system}.{split}.hyp").read_text(encoding="utf-8").splitlines()))
 
 
-def write_report(args, P, corpus, results, students, clock):
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted changes" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds):
     n_train = len(read_manifest(corpus / "train.tsv"))
     n_test = len(read_manifest(corpus / "test.tsv"))
-    header = ("| method | " + " | ".join(f"BLEU {s} | chrF {s}" for s in args.splits)
-              + " | distinct outputs (test) | best dev NLL (bits) | train time |")
-    lines = [header, "|" + "---|" * (1 + 2 * len(args.splits) + 3)]
+    splits = args.splits
+    head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
+    head += [f"p vs NLL ({s})" for s in splits] + ["distinct (test)", "best dev NLL (bits)", "train time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = []
-    for name, criterion, _ in METHODS:
-        _, dev = curves(args.out / "students" / criterion / "train.log")
+    for key in P["methods"]:
+        m = METHODS[key]
+        _, dev = curves(args.out / "students" / key / "train.log")
         best = min((r["nll"] for r in dev if r["nll"] is not None), default=None)
-        cells = [f"{results[(criterion, split)][k]:.2f}" for split in args.splits for k in ("bleu", "chrf")]
-        distinct = distinct_outputs(args, criterion)
-        t = students[criterion]["train_seconds"]
+        cells = [f"{results[(key, s)][k]:.2f}" for s in splits for k in ("bleu", "chrf")]
+        ps = {s: pvalues.get((s, key, "nll")) for s in splits}
+        cells += ["–" if ps[s] is None else f"{ps[s]:.3f}" for s in splits]
+        distinct = distinct_outputs(args, key)
+        t = students[key]["train_seconds"]
         cells += [f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-", fmt_time(t)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        rows.append(dict(method=name, criterion=criterion, train_seconds=t, best_dev_nll=best, distinct_test=distinct,
-                         **{f"{k}_{split}": results[(criterion, split)][k] for split in args.splits for k in ("bleu", "chrf")}))
+        lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
+        rows.append(dict(method=m.name, key=key, criterion=m.criterion, data=m.data, train_seconds=t, best_dev_nll=best,
+                         distinct_test=distinct, p_vs_nll=ps,
+                         **{f"{k}_{s}": results[(key, s)][k] for s in splits for k in ("bleu", "chrf")}))
     ex = results[("expert", "test")]
     ex_time = json.loads((args.out / "expert" / "done.json").read_text()).get("train_seconds", 0)
     _, expert_dev = curves(args.out / "expert" / "train.log")
     ex_best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
-    cells = [f"{ex['bleu']:.2f}", f"{ex['chrf']:.2f}"] + ["–", "–"] * (len(args.splits) - 1)
+    cells = [f"{ex['bleu']:.2f}", f"{ex['chrf']:.2f}"] + ["–", "–"] * (len(splits) - 1) + ["–"] * len(splits)
     cells += [f"{distinct_outputs(args, 'expert')}/{n_test}", f"{ex_best:.3f}" if ex_best is not None else "-",
               fmt_time(ex_time)]
     lines.append("| expert NMT, reads the English *text* (ceiling) | " + " | ".join(cells) + " |")
-    expert_pairs = P["expert_text_pairs"] or n_train
+    asr_done = json.loads((args.out / "asr" / "done.json").read_text())
+    expert_done = json.loads((args.out / "expert" / "done.json").read_text())
+    extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s})"
+             for s in splits if (s, "imit_kd_CE", "word_kd") in pvalues]
+    expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \
+        if P["expert_text_pairs"] else n_train
     notes = [
+        f"ASR (speech → English, the students' encoder init): WER {', '.join(f'{w:.1f} % on {s}' for s, w in wer.items())}"
+        f" (beam 5, lowercased words without punctuation), {asr_done.get('reached')} updates, trained in "
+        f"{fmt_time(asr_done.get('train_seconds', 0))}.",
+        "Paired bootstrap (sacrebleu, 1000 resamples) on BLEU: " + ("; ".join(extra) if extra else "–") + ".",
         f"DDTP-ST en→de, size {args.size}: {n_train} training utterances, {n_test} test utterances "
         f"(test_unseen: the same sentences, held-out voices); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
-        f"Students: s2t_transformer {P['student_enc_layers']}+{P['student_dec_layers']} layers, d={P['student_dim']}, "
-        f"{P['student_updates']} updates each (batches of ≤{P['student_max_tokens']} frames), seed {args.seed}, the "
-        "checkpoint with the best dev NLL; beam 5; detokenized sacreBLEU and chrF (sacrebleu API).",
+        f"Students and ASR: s2t_transformer {P['enc_layers']}+{P['dec_layers']} layers, d={P['dim']}, conv "
+        f"{P['conv_kernels']}; students {P['student_updates']} updates each (batches of ≤{P['max_tokens']} frames), "
+        f"encoder from the ASR model, frozen for {P['encoder_freezing']} updates, CTC weight "
+        f"{P['student_ctc_weight']} on the transcript; seed {args.seed}; the checkpoint with the best dev NLL; beam 5; "
+        "detokenized sacreBLEU and chrF (sacrebleu API).",
         f"Expert: transformer {P['expert_layers']}+{P['expert_layers']} layers, d={P['expert_dim']}, "
-        f"{P['expert_updates']} updates on {expert_pairs} text pairs.",
-        "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct outputs: "
-        "how many different test translations a system produced; a student that has not learned to listen yet "
-        "repeats one or a few sentences, and its BLEU then says little.",
-        f"train time: wall clock of the training run with {args.threads or 'default'} thread(s), on this machine.",
+        f"{expert_done.get('reached')} updates on {expert_pairs} text pairs.",
+        "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct: how many "
+        "different test translations a system produced.",
+        f"Run: commit {_commit()}, {_machine()}, {args.lanes} training runs at a time with {args.threads} thread(s) "
+        f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json).",
     ]
-    md = "\n".join(["# ImitKD demo results", "", *lines, "", *[f"* {n}" for n in notes], ""])
+    md = "\n".join([f"# ImitKD demo results ({args.size})", "", *lines, "", *[f"* {n}" for n in notes], ""])
     (args.out / "results.md").write_text(md, encoding="utf-8")
-    _write_json(args.out / "results.json", dict(size=args.size, seed=args.seed, preset=P, rows=rows,
-                                                expert=dict(bleu=ex["bleu"], chrf=ex["chrf"], best_dev_nll=ex_best,
-                                                            train_seconds=ex_time)))
+    _write_json(args.out / "results.json", dict(
+        size=args.size, seed=args.seed, preset={k: v for k, v in P.items()}, rows=rows, asr_wer=wer,
+        p_values={f"{s}:{a}-vs-{b}": p for (s, a, b), p in pvalues.items()},
+        expert=dict(bleu=ex["bleu"], chrf=ex["chrf"], best_dev_nll=ex_best, train_seconds=ex_time)))
     return md
 
 
@@ -628,47 +833,48 @@ def plot(args, P, results, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    train, _ = curves(args.out / "students" / "imit_kd_CE" / "train.log")
+    sys.path.insert(0, str(REPO))
+    from imitkd.beta import BetaSchedule
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     ax = axes[0]
-    pts = [(r["update"], r["beta"]) for r in train if r["beta"] is not None]
-    if pts:
-        ax.plot(*zip(*pts), "o-", label="β (gold-prefix prob.)", color="tab:green")
-    pts = [(r["update"], r["rollout_frac"]) for r in train if r["rollout_frac"] is not None]
-    if pts:
-        ax.plot(*zip(*pts), "s", label="rollout fraction (sampled)", color="tab:orange", alpha=0.7)
-    if P["student_updates"] > 1:  # the schedule itself: update k (1-based) uses β = 200^(-(k-1)/T)
-        T = P["student_updates"]
-        ks = list(range(1, T + 1, max(1, T // 200)))
-        ax.plot(ks, [200.0 ** (-(k - 1) / T) for k in ks], "-", color="gray", lw=1, label="schedule 200^(−(k−1)/T)")
-    ax.set(title="ImitKD: β schedule (logged)", xlabel="update", ylabel="probability", ylim=(-0.02, 1.02))
-    ax.legend()
+    for key in P["methods"]:
+        if METHODS[key].imitation:
+            train, _ = curves(args.out / "students" / key / "train.log")
+            pts = [(r["update"], r["beta"]) for r in train if r["beta"] is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o", ms=3, label=f"β logged ({key})")
+    T = P["student_updates"]
+    schedule = BetaSchedule(decay_updates=T, hold_updates=P["beta_hold"])
+    ax.plot(range(T), [schedule(k) for k in range(T)], "-", color="gray", lw=1, label="schedule")
+    ax.set(title="ImitKD: β (gold-prefix probability)", xlabel="update", ylabel="β", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
     ax = axes[1]
-    for name, criterion, _ in METHODS:
-        _, dev = curves(args.out / "students" / criterion / "train.log")
+    for key in P["methods"]:
+        _, dev = curves(args.out / "students" / key / "train.log")
         pts = [(r["update"], r["nll"]) for r in dev if r["nll"] is not None]
         if pts:
-            ax.plot(*zip(*pts), "o-", label=name)
+            ax.plot(*zip(*pts), "o-", ms=3, label=METHODS[key].name)
     _, expert_dev = curves(args.out / "expert" / "train.log")
     best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
     if best is not None:
         ax.axhline(best, color="gray", ls="--", label="expert (text input)")
     ax.set(title="dev loss (teacher-forced gold NLL)", xlabel="update", ylabel="bits per token")
-    ax.legend()
+    ax.legend(fontsize=7)
     ax = axes[2]
-    names = [n for n, _, _ in METHODS]
+    keys = list(P["methods"])
     width = 0.8 / len(args.splits)
     for i, split in enumerate(args.splits):
-        vals = [results[(c, split)]["bleu"] for _, c, _ in METHODS]
-        xs = [j + (i - (len(args.splits) - 1) / 2) * width for j in range(len(names))]
+        vals = [results[(k, split)]["bleu"] for k in keys]
+        xs = [j + (i - (len(args.splits) - 1) / 2) * width for j in range(len(keys))]
         bars = ax.bar(xs, vals, width, label=split)
         for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     ax.axhline(results[("expert", "test")]["bleu"], color="gray", ls="--", label="expert (text, ceiling)")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.split(" (")[0] for n in names])
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels(keys, rotation=20, fontsize=8)
     ax.set(title="BLEU (beam 5, detokenized sacreBLEU)", ylabel="BLEU")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.suptitle(f"ImitKD demo, DDTP-ST {args.size}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -684,19 +890,18 @@ def get_parser():
     p.add_argument("--out", type=Path, default=Path("demo"), help="output directory (default ./demo)")
     p.add_argument("--corpus", type=Path, help="use this built DDTP-ST corpus (with --spm-vocab-size) instead of <out>/corpus")
     p.add_argument("--seed", type=int, default=1, help="seed of corpus and training (default 1)")
-    p.add_argument("--expert-updates", type=int, help="expert training updates (default: the preset's)")
-    p.add_argument("--student-updates", type=int, help="updates of each student (default: the preset's)")
-    p.add_argument("--expert-text-pairs", type=int,
-                   help="train the expert on the first N pairs of the DDTP train pool (0: the corpus' own train text)")
-    p.add_argument("--spm-vocab-size", type=int, help="joint sentencepiece vocabulary (default: the preset's)")
-    p.add_argument("--specaugment", action="store_true", help="train the students with the corpus' SpecAugment")
+    p.add_argument("--methods", help=f"comma-separated students (default: the preset's; from {', '.join(METHODS)})")
+    for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold"):
+        p.add_argument(f"--{flag}", type=int, help=f"override the preset's {flag.replace('-', '_')}")
+    p.add_argument("--specaugment", action="store_true", help="train the speech models with the corpus' SpecAugment")
     p.add_argument("--no-unseen", action="store_true", help="evaluate on test only (not test_unseen)")
     p.add_argument("--max-len", type=int, default=200, help="longest hypothesis in tokens (default 200)")
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis/preprocessing (default 2)")
+    p.add_argument("--lanes", type=int, default=2, help="training/decoding runs at a time (default 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch/OpenMP threads per run (default 1: small models gain little from more, and on a "
                         "busy machine spinning OpenMP threads are several times slower; 0 = torch's choice)")
-    p.add_argument("--force", action="store_true", help="redo the expert, the students and the evaluations")
+    p.add_argument("--force", action="store_true", help="redo the models and the evaluations")
     p.add_argument("--rebuild-corpus", action="store_true", help="re-synthesise the corpus too")
     p.add_argument("--quiet", action="store_true", help="no per-update progress lines")
     return p
@@ -705,11 +910,17 @@ def get_parser():
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     P = dict(PRESETS[args.size])
-    for k in ("expert_updates", "student_updates", "expert_text_pairs", "spm_vocab_size"):
+    for k in ("expert_updates", "asr_updates", "student_updates", "expert_text_pairs", "beta_hold"):
         if getattr(args, k) is not None:
             P[k] = getattr(args, k)
-    if P["expert_updates"] < 1 or P["student_updates"] < 1:
-        print("error: --expert-updates and --student-updates must be >= 1", file=sys.stderr)
+    if args.methods:
+        P["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in P["methods"] if m not in METHODS]
+    if unknown:
+        print(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})", file=sys.stderr)
+        return 2
+    if min(P["expert_updates"], P["asr_updates"], P["student_updates"]) < 1 or args.lanes < 1:
+        print("error: --expert-updates, --asr-updates, --student-updates and --lanes must be >= 1", file=sys.stderr)
         return 2
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -717,16 +928,19 @@ def main(argv=None) -> int:
     if args.corpus and not args.no_unseen and not (Path(args.corpus) / "test_unseen.tsv").is_file():
         args.splits = ("test",)
     clock = Clock()
-    clock.say(f"ImitKD demo: size {args.size}, output {args.out}")
+    clock.say(f"ImitKD demo: size {args.size}, output {args.out}, {args.lanes} lanes × {args.threads} thread(s)")
     try:
         corpus = stage_corpus(args, P, clock)
-        expert_ckpt = stage_expert(args, P, corpus, clock)
-        students = {}
-        for method in METHODS:
-            students[method[1]] = stage_student(args, P, corpus, expert_ckpt, method, clock)
-        results = stage_eval(args, corpus, expert_ckpt, students, clock)
+        models = in_lanes({"asr": lambda: stage_asr(args, P, corpus, clock),
+                           "expert": lambda: stage_expert(args, P, corpus, clock)}, args.lanes)
+        asr_ckpt, expert_ckpt = models["asr"], models["expert"]
+        wer = stage_transcripts(args, P, corpus, asr_ckpt, expert_ckpt, clock)
+        students = in_lanes({key: (lambda m=METHODS[key]: stage_student(args, P, corpus, expert_ckpt, asr_ckpt, m, clock))
+                             for key in P["methods"]}, args.lanes)
+        results = stage_eval(args, P, corpus, expert_ckpt, students, clock)
         with clock.stage("report"):
-            md = write_report(args, P, corpus, results, students, clock)
+            pvalues = significance(args, P, corpus)
+            md = write_report(args, P, corpus, results, students, wer, pvalues, time.time() - clock.t0)
             plot(args, P, results, args.out / "demo.png")
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -740,8 +954,9 @@ def main(argv=None) -> int:
         runs = json.loads((args.out / "timings.json").read_text()).get("runs", [])
     except (OSError, ValueError, AttributeError):
         pass
-    runs.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.t0)), argv=sys.argv[1:] if argv is None
-                     else list(map(str, argv)), total_seconds=round(total, 1), stages=clock.stages))
+    runs.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.t0)),
+                     argv=sys.argv[1:] if argv is None else list(map(str, argv)), total_seconds=round(total, 1),
+                     stages=clock.stages))
     _write_json(args.out / "timings.json", dict(runs=runs))
     print()
     print(md)

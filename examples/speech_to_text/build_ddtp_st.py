@@ -5,8 +5,9 @@ What it does
 ------------
 1. **Text.** English–German sentence pairs from Debian's translated package descriptions (DDTP):
    ``apt-get update -o Acquire::Languages=en,de`` into a *private* list directory (the system's apt
-   state is untouched; source ``deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]
-   http://deb.debian.org/debian bookworm main``), then ``apt-helper cat-file`` decompresses
+   state is untouched) from the first Debian ``main`` 'deb' source of the system's own apt
+   configuration (``/etc/apt/sources.list``, ``sources.list.d/*.list`` and deb822 ``*.sources``: its
+   URI, suite and Signed-By; printed, and recorded in MANIFEST.json), then ``apt-helper cat-file`` decompresses
    ``Translation-en`` / ``Translation-de``. Entries are joined on ``Description-md5``; the short
    descriptions are paired, long descriptions are split into paragraphs (`` .`` lines) and, where both
    sides have the same number of paragraphs and a paragraph the same number of sentences, sentences
@@ -48,7 +49,8 @@ Output layout (``--out-dir``)::
     text/{train,dev,test}.spm.{en,de}   sentencepiece-encoded text
     config.yaml                         S2T data config (vocab_filename dict.txt, absolute spm path,
                                         audio_root, utterance CMVN + SpecAugment 'lb' on train)
-    apt/                                private apt lists + decompressed Translation-en/de (cache)
+    apt/                                private apt lists + decompressed Translation-en/de (cache) and
+                                        apt_source.json (the apt source they came from)
     with --save-audio:  flac/<id>.flac  the 16 kHz audio the features were computed from
 
 Train the expert with e.g. ``fairseq-preprocess --source-lang en --target-lang de --trainpref
@@ -60,6 +62,7 @@ Python API: ``build(out_dir, size="ci", seed=1, ...) -> Path``; ``select_text(..
 """
 import argparse
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -84,17 +87,22 @@ import prep_s2t_data as prep  # noqa: E402  (features, zip, manifests, spm: shar
 
 logger = logging.getLogger("build_ddtp_st")
 
-APT_SOURCE = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+#: apt's source lists under a root directory ("/" for the system), in the order apt reads them
+APT_SOURCE_LISTS = ("etc/apt/sources.list", "etc/apt/sources.list.d")
+#: in the cache dir: the source the cached Translation files were fetched from (MANIFEST.json apt_source)
+APT_SOURCE_RECORD = "apt_source.json"
 LANGS = ("en", "de")
 SEEN_VOICES = (
     "en-us+m3", "en-us+f2", "en-gb-x-rp+m5", "en-us+f4", "en-029+m1", "en-gb-scotland+f3", "en-gb+m2", "en-us-nyc+f1",
 )
 UNSEEN_VOICES = ("en-gb-x-gbclan+m4", "en-gb-x-gbcwmd+f5")
 SIZES = {
-    "ci": dict(train=200, dev=20, test=20, min_words=3, max_words=12),
-    "small": dict(train=2000, dev=200, test=200, min_words=3, max_words=40),
-    "medium": dict(train=10000, dev=1000, test=1000, min_words=3, max_words=40),
+    "ci": dict(train=200, dev=20, test=20, min_words=3, max_words=12, plain=False),
+    # plain English: every word is in Debian's English word list (no package names, versions or code
+    # identifiers read aloud), 3-16 words; what a small model can learn to listen to at CPU budget.
+    # The pools hold ~4.6k/221/202 such pairs (train/dev/test), so the split sizes are "all of them".
+    "small": dict(train=4700, dev=230, test=210, min_words=3, max_words=16, plain=True),
+    "medium": dict(train=10000, dev=1000, test=1000, min_words=3, max_words=40, plain=False),
 }
 BASE_SPLITS = ("train", "dev", "test")
 UNSEEN_SPLITS = {"dev_unseen": "dev", "test_unseen": "test"}
@@ -123,21 +131,159 @@ def _apt_helper() -> str:
     raise BuildError("neither /usr/lib/apt/apt-helper nor apt-tool found (needs Debian/Ubuntu apt), or pass --translations-dir")
 
 
-def fetch_translations(cache_dir: Path, refresh: bool = False) -> Dict[str, Path]:
-    """Translation-en/-de of Debian bookworm main, decompressed into ``cache_dir`` (reused unless ``refresh``)."""
+@dataclass(frozen=True)
+class AptSource:
+    """One 'deb' source (URI + suite, with its 'main' component) of an apt configuration."""
+
+    uri: str
+    suite: str
+    component: str
+    signed_by: Optional[str]  #: keyring path(s) or fingerprint(s); an inline deb822 key block as is
+    origin: str  #: "<file>:<line>" of the entry
+
+    def translation_url(self, lang: str) -> str:
+        return f"{self.uri}/dists/{self.suite}/{self.component}/i18n/Translation-{lang}"
+
+    def record(self) -> dict:
+        return dict(uri=self.uri, suite=self.suite, component=self.component, signed_by=self.signed_by,
+                    origin=self.origin, translations={lang: self.translation_url(lang) for lang in LANGS})
+
+
+def _deb822_stanzas(text: str):
+    """(first line number, {lower-case field: value}) of each stanza of a deb822 file; comments skipped,
+    continuation lines joined with newlines (`` .`` is an empty line)."""
+    fields, start, key = {}, None, None
+    for n, line in enumerate(text.splitlines() + [""], 1):
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if fields:
+                yield start, fields
+            fields, start, key = {}, None, None
+        elif line[0] in " \t" and key is not None:
+            fields[key] += "\n" + ("" if line.strip() == "." else line.strip())
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().lower()
+            fields[key] = value.strip()
+            start = start or n
+
+
+def _one_line_entries(text: str):
+    """(line number, type, {option: value}, uri, suite, components) of a one-line sources.list."""
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        kind, rest = (line.split(None, 1) + [""])[:2]
+        options = {}
+        if rest.startswith("["):
+            inside, _, rest = rest[1:].partition("]")
+            for opt in inside.split():
+                key, _, value = opt.partition("=")
+                options[key.lower()] = value
+        words = rest.split()
+        if len(words) >= 2:
+            yield n, kind, options, words[0], words[1], words[2:]
+
+
+def apt_sources(root="/") -> List[AptSource]:
+    """Every enabled 'deb' (not deb-src) source with a ``main`` component in the apt configuration under
+    ``root`` (``/`` for the system's): ``etc/apt/sources.list``, then ``etc/apt/sources.list.d/*.list``
+    (one-line format) and ``*.sources`` (deb822), in apt's order; one entry per URI and suite."""
+    root = Path(root)
+    files = [root / APT_SOURCE_LISTS[0]]
+    parts = root / APT_SOURCE_LISTS[1]
+    if parts.is_dir():
+        files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
+    found = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except OSError as e:
+            raise BuildError(f"{path}: cannot read apt source list: {e}") from None
+        if path.suffix == ".sources":
+            for n, f in _deb822_stanzas(text):
+                if f.get("enabled", "yes").lower() == "no" or "deb" not in f.get("types", "").split():
+                    continue
+                if "main" in f.get("components", "").split():
+                    found += [AptSource(uri.rstrip("/"), suite, "main", f.get("signed-by", "").strip() or None,
+                                        f"{path}:{n}")
+                              for uri in f.get("uris", "").split() for suite in f.get("suites", "").split()]
+        else:
+            for n, kind, options, uri, suite, components in _one_line_entries(text):
+                if kind == "deb" and "main" in components:
+                    found.append(AptSource(uri.rstrip("/"), suite, "main", options.get("signed-by") or None,
+                                           f"{path}:{n}"))
+    return found
+
+
+def _is_debian_release(src: AptSource) -> bool:
+    """A Debian archive (a 'debian' URI path segment, or signed with Debian's archive keyring) and a
+    release suite (bookworm, trixie, stable, sid ...: not -updates/-security/-backports, which hold no
+    Translation files)."""
+    path = src.uri.split("://", 1)[-1].split("/")[1:] if "://" in src.uri else src.uri.split("/")
+    debian = "debian" in path or "debian-archive-keyring" in (src.signed_by or "")
+    return debian and "-" not in src.suite and "/" not in src.suite
+
+
+def debian_source(root="/") -> AptSource:
+    """The first Debian 'main' deb source of the apt configuration under ``root`` (see ``apt_sources``)."""
+    sources = apt_sources(root)
+    for src in sources:
+        if _is_debian_release(src):
+            return src
+    listed = "; ".join(f"{s.uri} {s.suite} ({s.origin})" for s in sources[:4]) or "none"
+    raise BuildError(f"no Debian 'main' deb source in {Path(root) / APT_SOURCE_LISTS[0]} or "
+                     f"{Path(root) / APT_SOURCE_LISTS[1]}/*.list|*.sources (main sources found: {listed}); "
+                     "add one, or pass --translations-dir")
+
+
+def recorded_apt_source(cache_dir: Path) -> Optional[dict]:
+    """The source recorded by ``fetch_translations`` beside the Translation files (None if absent)."""
+    path = Path(cache_dir) / APT_SOURCE_RECORD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_translations(cache_dir: Path, refresh: bool = False, apt_root="/") -> Dict[str, Path]:
+    """Translation-en/-de of the main suite of the system's Debian source (``debian_source(apt_root)``),
+    decompressed into ``cache_dir`` (reused unless ``refresh``); the source is logged and recorded in
+    ``cache_dir``/apt_source.json."""
     cache_dir = Path(cache_dir)
     out = {lang: cache_dir / f"Translation-{lang}" for lang in LANGS}
     if not refresh and all(p.is_file() and p.stat().st_size > 0 for p in out.values()):
+        used = recorded_apt_source(cache_dir)
+        logger.info("DDTP text: cached Translation files in %s (from %s)", cache_dir,
+                    f"{used['uri']} {used['suite']} {used['component']}" if used else "an unrecorded source")
         return out
+    source = debian_source(apt_root)
+    logger.info("DDTP text from apt source %s %s %s (signed-by %s; %s)", source.uri, source.suite,
+                source.component, source.signed_by or "apt's trusted keys", source.origin)
+    signed_by = source.signed_by
+    if signed_by and signed_by.lstrip().startswith("-----BEGIN"):  # deb822 inline key: one-line needs a file
+        key_file = cache_dir / "signed-by.asc"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(signed_by.strip() + "\n")
+        signed_by = str(key_file.resolve())
+    elif signed_by:
+        for key in signed_by.split(","):
+            if key.startswith("/") and not Path(key).is_file():
+                raise BuildError(f"{key} (Signed-By of {source.origin}) missing: "
+                                 "apt-get install -y debian-archive-keyring")
     if shutil.which("apt-get") is None:
         raise BuildError("apt-get not found: DDTP text comes from Debian's apt index (or pass --translations-dir)")
-    if not Path(KEYRING).is_file():
-        raise BuildError(f"{KEYRING} missing: apt-get install -y debian-archive-keyring")
     lists = cache_dir / "lists"
     (lists / "partial").mkdir(parents=True, exist_ok=True)
     (cache_dir / "cache").mkdir(exist_ok=True)
+    (cache_dir / APT_SOURCE_RECORD).unlink(missing_ok=True)  # written again once both files are in place
     sources = cache_dir / "sources.list"
-    sources.write_text(APT_SOURCE + "\n")
+    options = f"[signed-by={signed_by}] " if signed_by else ""
+    sources.write_text(f"deb {options}{source.uri} {source.suite} {source.component}\n")
     cmd = [
         "apt-get", "update",
         "-o", f"Dir::State::Lists={lists.resolve()}",
@@ -151,7 +297,8 @@ def fetch_translations(cache_dir: Path, refresh: bool = False) -> Dict[str, Path
     r = subprocess.run(cmd, capture_output=True, text=True)
     tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
     if r.returncode != 0:
-        raise BuildError(f"apt-get update failed (exit {r.returncode}; network?): {tail}")
+        raise BuildError(f"apt-get update of {source.uri} {source.suite} ({source.origin}) failed "
+                         f"(exit {r.returncode}; network?): {tail}")
     helper = _apt_helper()
     for lang, dest in out.items():
         found = sorted(lists.glob(f"*_i18n_Translation-{lang}*"))
@@ -163,6 +310,9 @@ def fetch_translations(cache_dir: Path, refresh: bool = False) -> Dict[str, Path
         if r.returncode != 0:
             raise BuildError(f"{helper} cat-file {found[0]} failed: {r.stderr.decode(errors='replace').strip()}")
         os.replace(tmp, dest)
+    record = cache_dir / f"{APT_SOURCE_RECORD}.tmp"
+    record.write_text(json.dumps(source.record(), indent=1) + "\n", encoding="utf-8")
+    os.replace(record, cache_dir / APT_SOURCE_RECORD)
     return out
 
 
@@ -274,9 +424,36 @@ def split_of(package: str) -> str:
     return "test" if bucket < 4 else "dev" if bucket < 8 else "train"
 
 
-def _keep(p: Pair, min_words: int, max_words: int) -> bool:
-    n = len(p.en.split())
-    if not (min_words <= n <= max_words) or p.en == p.de:
+#: a "plain" English word: a word of Debian's English word list (package wamerican), with an optional
+#: 's, brackets/quotes and punctuation around it; no digits, no inner capitals, dots or underscores
+_PLAIN_WORD = re.compile(r"^[(\"]?([A-Za-z][a-z]*)('s)?[.,;:!?)\"]?$")
+WORD_LIST = "/usr/share/dict/american-english"
+
+
+@functools.lru_cache(maxsize=1)
+def word_list(path: str = WORD_LIST) -> frozenset:
+    """Lower-cased alphabetic entries of the word list (fails with a BuildError naming the package)."""
+    if not os.path.isfile(path):
+        raise BuildError(f"{path} not found: the plain-English sizes need Debian's word list "
+                         "(apt-get install -y wamerican)")
+    with open(path, encoding="utf-8") as f:
+        return frozenset(w.strip().lower() for w in f if w.strip().isalpha())
+
+
+def is_plain(text: str) -> bool:
+    words = word_list()
+    for token in text.split():
+        m = _PLAIN_WORD.match(token)
+        if not m or m.group(1).lower() not in words:
+            return False
+    return True
+
+
+def _keep(p: Pair, min_words: int, max_words: int, plain: bool = False) -> bool:
+    words = p.en.split()
+    if not (min_words <= len(words) <= max_words) or p.en == p.de:
+        return False
+    if plain and not is_plain(p.en):
         return False
     if re.search(r"https?:|www\.|@|\[\[|\]\]", p.en + " " + p.de):  # URLs, mails, espeak phoneme brackets
         return False
@@ -293,7 +470,7 @@ def select_text(
     pools: Dict[str, List[Pair]] = {s: [] for s in BASE_SPLITS}
     seen_skeletons = set()
     for p in extract_pairs(translations["en"], translations["de"]):
-        if not _keep(p, spec["min_words"], spec["max_words"]):
+        if not _keep(p, spec["min_words"], spec["max_words"], spec.get("plain", False)):
             continue
         key = skeleton(p.en, p.package)
         if key in seen_skeletons:
@@ -496,9 +673,10 @@ def build(
                 raise BuildError(f"--translations-dir: {p} not found")
     else:
         translations = fetch_translations(Path(cache_dir) if cache_dir else out_dir / "apt", refresh)
+    apt_source = recorded_apt_source(translations["en"].parent)  # what fetch_translations used (None: unknown)
     inputs = {
         f"Translation-{lang}": dict(sha256=sha256_file(p), bytes=p.stat().st_size,
-                                     source=f"http://deb.debian.org/debian/dists/bookworm/main/i18n/Translation-{lang}")
+                                     source=apt_source["translations"][lang] if apt_source else "--translations-dir")
         for lang, p in translations.items()
     }
     text, pools = select_text(translations, size, seed, counts)
@@ -585,13 +763,15 @@ def build(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.time() - t0, 1),
         inputs=inputs,
-        apt_source=APT_SOURCE,
+        apt_source=apt_source,
         espeak_ng_version=version,
         voices=dict(seen=list(SEEN_VOICES), unseen=list(UNSEEN_VOICES)),
         synthesis=dict(rate=list(RATE), pitch=list(PITCH), peak_gain=list(GAIN), snr_db=list(SNR_DB),
                        sample_rate=SAMPLE_RATE, resample="scipy.signal.resample_poly up/down (22050->16000: 320/441)",
                        quantisation="int16"),
-        text=dict(min_words=SIZES[size]["min_words"], max_words=SIZES[size]["max_words"], split_rule=SPLIT_RULE,
+        text=dict(min_words=SIZES[size]["min_words"], max_words=SIZES[size]["max_words"],
+                  plain_words=(dict(word_list=WORD_LIST, sha256=sha256_file(Path(WORD_LIST)))
+                               if SIZES[size].get("plain") else False), split_rule=SPLIT_RULE,
                   dedup="masked skeleton of the English side", pool_sizes=pools,
                   unseen_splits="dev_unseen/test_unseen = dev/test sentences spoken by held-out voices"),
         splits=stats,

@@ -28,46 +28,106 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
 from .. import precision
-from ..beta import SCHEDULES, beta_at
+from ..beta import SCHEDULES, BetaSchedule
+from ..ctc import check_ctc_head, transcript_ctc_loss
+from ..data import CTC_INPUT, EXPERT_INPUT
 from ..errors import ImitKDError
 from ..expert import Expert, SourceEncoder, check_same_dictionary
 from ..losses import kd_cross_entropy
 from ..rollout import DECODINGS, length_caps, mix_prefixes, student_rollout
 
 
+def _flag(default, help_text):
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class DistillationConfig(FairseqDataclass):
     # expert
-    expert: str = field(default="", metadata={"help": "expert checkpoint(s), ':'-separated for an ensemble (probabilities averaged)"})
-    path: Optional[str] = field(default=None, metadata={"help": "the expert's data directory (dictionaries / data config); default: the one stored in its checkpoint"})
-    expert_vocab_src: Optional[str] = field(default=None, metadata={"help": "source dictionary of a text expert (default: <path>/dict.<src>.txt)"})
-    expert_vocab_tgt: Optional[str] = field(default=None, metadata={"help": "target dictionary of a text expert (default: <path>/dict.<tgt>.txt); must equal the student's"})
-    bpe_codes: Optional[str] = field(default=None, metadata={"help": "BPE codes of the expert's source side (subword_nmt/fastbpe)"})
-    expert_bpe: Optional[str] = field(default=None, metadata={"help": "expert source BPE: sentencepiece, subword_nmt, fastbpe or none (default: from --bpe-codes/--expert-sentencepiece-model, else what the checkpoint recorded)"})
-    expert_sentencepiece_model: Optional[str] = field(default=None, metadata={"help": "sentencepiece model of the expert's source side"})
-    expert_tokenizer: Optional[str] = field(default=None, metadata={"help": "expert source pre-tokenizer: moses, space or none (default: what the checkpoint recorded)"})
-    expert_source_lang: str = field(default="en", metadata={"help": "language of the expert's source (moses tokenizer)"})
-    expert_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "precision of the expert; auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32"})
+    expert: str = _flag("", "expert checkpoint(s), ':'-separated for an ensemble (probabilities averaged)")
+    path: Optional[str] = _flag(
+        None, "the expert's data directory (dictionaries / data config); default: the one stored in its checkpoint")
+    expert_vocab_src: Optional[str] = _flag(
+        None, "source dictionary of a text expert (default: <path>/dict.<src>.txt)")
+    expert_vocab_tgt: Optional[str] = _flag(
+        None, "target dictionary of a text expert (default: <path>/dict.<tgt>.txt); must equal the student's")
+    bpe_codes: Optional[str] = _flag(None, "BPE codes of the expert's source side (subword_nmt/fastbpe)")
+    expert_bpe: Optional[str] = _flag(
+        None, "expert source BPE: sentencepiece, subword_nmt, fastbpe or none (default: from --bpe-codes/"
+              "--expert-sentencepiece-model, else what the checkpoint recorded)")
+    expert_sentencepiece_model: Optional[str] = _flag(None, "sentencepiece model of the expert's source side")
+    expert_tokenizer: Optional[str] = _flag(
+        None, "expert source pre-tokenizer: moses, space or none (default: what the checkpoint recorded)")
+    expert_source_lang: str = _flag("en", "language of the expert's source (moses tokenizer)")
+    expert_dtype: ChoiceEnum(precision.CHOICES) = _flag(
+        "auto", "precision of the expert; auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     # beta schedule
-    beta: float = field(default=1.0, metadata={"help": "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)"})
-    beta_schedule: ChoiceEnum(list(SCHEDULES)) = field(default="exponential", metadata={"help": "β decay per optimizer update: beta·base^(-t/T), linear, inverse_sigmoid or constant"})
-    beta_base: float = field(default=200.0, metadata={"help": "base of the exponential schedule (ImitKD: 200)"})
-    beta_decay_updates: Optional[int] = field(default=None, metadata={"help": "T of the schedule, in updates (default: --max-update)"})
-    beta_sigmoid_slope: float = field(default=20.0, metadata={"help": "slope of the inverse_sigmoid schedule"})
+    beta: float = _flag(1.0, "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)")
+    beta_schedule: ChoiceEnum(list(SCHEDULES)) = _flag(
+        "exponential", "β decay per optimizer update: beta·base^(-t/T), linear, inverse_sigmoid or constant")
+    beta_base: float = _flag(200.0, "base of the exponential schedule (ImitKD: 200)")
+    beta_decay_updates: Optional[int] = _flag(None, "T of the schedule, in updates (default: --max-update)")
+    beta_hold_updates: int = _flag(
+        0, "keep β = --beta for the first N updates (a student that cannot decode yet learns from gold "
+           "prefixes), then decay over the remaining T - N")
+    beta_sigmoid_slope: float = _flag(20.0, "slope of the inverse_sigmoid schedule (> 0)")
     # rollouts
-    rollout: ChoiceEnum(["greedy", "sample"]) = field(default="greedy", metadata={"help": "how the student decodes its own prefixes"})
-    rollout_topk: int = field(default=0, metadata={"help": "sampling rollouts: keep the k best tokens (0 = all)"})
-    rollout_temperature: float = field(default=1.0, metadata={"help": "sampling rollouts: softmax temperature"})
-    rollout_dtype: ChoiceEnum(precision.CHOICES) = field(default="auto", metadata={"help": "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator"})
-    rollout_decoding: ChoiceEnum(list(DECODINGS)) = field(default="cached", metadata={"help": "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), fairseq (the decoder's incremental_state)"})
-    rollout_max_len_a: float = field(default=1.5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
-    rollout_max_len_b: int = field(default=5, metadata={"help": "rollout cap per sentence: a·gold_len + b tokens"})
+    rollout: ChoiceEnum(["greedy", "sample"]) = _flag("greedy", "how the student decodes its own prefixes")
+    rollout_topk: int = _flag(0, "sampling rollouts: keep the k best tokens (0 = all)")
+    rollout_temperature: float = _flag(1.0, "sampling rollouts: softmax temperature (> 0)")
+    rollout_dtype: ChoiceEnum(precision.CHOICES) = _flag(
+        "auto", "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where "
+                "native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator")
+    rollout_decoding: ChoiceEnum(list(DECODINGS)) = _flag(
+        "cached", "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's "
+                  "decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), "
+                  "fairseq (the decoder's incremental_state)")
+    rollout_max_len_a: float = _flag(1.5, "rollout cap per sentence: a·gold_len + b tokens (a >= 0)")
+    rollout_max_len_b: int = _flag(5, "rollout cap per sentence: a·gold_len + b tokens (b >= 0)")
     # loss
-    kd_weight: float = field(default=1.0, metadata={"help": "weight of the expert term on gold rows; the rest is (label-smoothed) gold NLL. Rollout rows are pure KD"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "ε of the gold NLL term"})
-    report_accuracy: bool = field(default=False, metadata={"help": "(accepted for compatibility; accuracies are always logged)"})
-    ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target positions (e.g. a language tag)"})
+    kd_weight: float = _flag(
+        1.0, "weight of the expert term on gold rows; the rest is (label-smoothed) gold NLL. Rollout rows are pure KD")
+    label_smoothing: float = _flag(0.0, "ε of the gold NLL term")
+    ctc_weight: float = _flag(
+        0.0, "weight of an auxiliary CTC loss of the speech encoder on the source transcript (--ctc-src-column, "
+             "encoded with the data config's BPE and the target dictionary: a joint vocabulary)")
+    ctc_src_column: str = _flag("src_text", "manifest column with the transcript the CTC loss reads")
+    report_accuracy: bool = _flag(False, "(accepted for compatibility; accuracies are always logged)")
+    ignore_prefix_size: int = _flag(0, "ignore the first N target positions (e.g. a language tag)")
     sentence_avg: bool = II("optimization.sentence_avg")
+    max_update: int = II("optimization.max_update")
+
+
+def check_config(cfg: DistillationConfig, rollouts: bool) -> Optional[BetaSchedule]:
+    """The one place where the flags are checked; returns the bound β schedule (None without
+    rollouts). Raises ImitKDError naming the flag."""
+    problems = []
+    if not 0.0 <= cfg.kd_weight <= 1.0:
+        problems.append(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        problems.append(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.ctc_weight < 0:
+        problems.append(f"--ctc-weight must be >= 0, got {cfg.ctc_weight}")
+    if cfg.beta_decay_updates is not None and cfg.beta_decay_updates <= 0:
+        problems.append(f"--beta-decay-updates must be positive, got {cfg.beta_decay_updates}")
+    if rollouts:
+        if cfg.rollout_temperature <= 0:
+            problems.append(f"--rollout-temperature must be > 0 (use --rollout greedy for argmax rollouts), "
+                            f"got {cfg.rollout_temperature}")
+        if cfg.rollout_topk < 0:
+            problems.append(f"--rollout-topk must be >= 0 (0 = all tokens), got {cfg.rollout_topk}")
+        if cfg.rollout_max_len_a < 0 or cfg.rollout_max_len_b < 0 or cfg.rollout_max_len_a + cfg.rollout_max_len_b <= 0:
+            problems.append(f"--rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got "
+                            f"{cfg.rollout_max_len_a} / {cfg.rollout_max_len_b}")
+    if problems:
+        raise ImitKDError("; ".join(problems))
+    if not rollouts:
+        return None
+    try:
+        return BetaSchedule(cfg.beta_schedule, cfg.beta, cfg.beta_decay_updates or cfg.max_update, cfg.beta_base,
+                            cfg.beta_sigmoid_slope, cfg.beta_hold_updates)
+    except ValueError as e:
+        raise ImitKDError(str(e)) from None
 
 
 class DistillationCriterion(FairseqCriterion):
@@ -75,43 +135,43 @@ class DistillationCriterion(FairseqCriterion):
 
     expert_target = "full"  #: "full" distribution (ImitKD-full, KD) or "argmax" (ImitKD-optimal)
     rollouts = True  #: False: β ≡ 1 (word-level KD)
-    expert_reads = "transcript"  #: "transcript" (text NMT expert) or "audio" (speech expert)
+    expert_reads = "transcript"  #: "transcript" (text NMT expert), "audio" (speech expert) or None (no expert)
     student_reads = "audio"  #: "audio", or "text" (cascade NMT part: --student-src-column)
 
     def __init__(self, task, cfg: DistillationConfig):
         super().__init__(task)
         self.cfg = cfg
         self.pad, self.eos = task.target_dictionary.pad(), task.target_dictionary.eos()
-        self.decay_updates = cfg.beta_decay_updates or getattr(getattr(task, "args", None), "max_update", 0)
-        if not 0.0 <= cfg.kd_weight <= 1.0:
-            raise ImitKDError(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
-        if self.rollouts:
-            try:  # validate the schedule flags now, not at the first update
-                beta_at(0, self.decay_updates, cfg.beta_schedule, cfg.beta, cfg.beta_base)
-            except ValueError as e:
-                raise ImitKDError(str(e)) from None
+        self.beta_schedule = check_config(cfg, self.rollouts)
         if self.student_reads == "text" and getattr(task, "student_source", None) is None:
             raise ImitKDError(f"criterion {self.registered_name} trains a text student: set --student-src-column "
                               "(the manifest column with ASR transcripts) and a text --arch such as transformer")
-        self.expert = self._load_expert(task, cfg)
+        if cfg.ctc_weight > 0:
+            if self.student_reads == "text" or not hasattr(task, "attach_text_input"):
+                raise ImitKDError(f"--ctc-weight: criterion {self.registered_name} needs --task speech_to_text_kd "
+                                  "and a speech student (the CTC loss is on its encoder)")
+            task.attach_text_input(CTC_INPUT, cfg.ctc_src_column, task.target_text_encoder(),
+                                   needed_by="--ctc-weight")
+        self.expert = self._load_expert(task, cfg) if self.expert_reads else None
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_expert(self, task, cfg):
         name = self.__class__.registered_name
         data_dir = cfg.path or (task.args.data if self.expert_reads == "audio" else None)
-        expert, stored_cfg = Expert.from_checkpoints(cfg.expert, data_dir, cfg.expert_vocab_src,
-                                                     cfg.expert_vocab_tgt, cfg.expert_dtype)
+        expert, stored_cfg = Expert.from_checkpoints(
+            cfg.expert, data_dir, cfg.expert_vocab_src, cfg.expert_vocab_tgt, cfg.expert_dtype,
+            expects="speech" if self.expert_reads == "audio" else "text")
         check_same_dictionary(task.target_dictionary, expert.target_dictionary, expert.description)
         if self.expert_reads == "transcript":
             if expert.source_dictionary is None:
                 raise ImitKDError(f"criterion {name}: {expert.description} has no source dictionary (a speech "
                                   "expert?); use imit_kd_ast / imit_kd_ast_pure_kd for speech experts")
-            if not hasattr(task, "attach_expert_source"):
+            if not hasattr(task, "attach_text_input"):
                 raise ImitKDError(f"criterion {name} needs --task speech_to_text_kd (its expert reads the "
                                   "manifest's transcript column)")
             encoder = SourceEncoder.build(expert.source_dictionary, stored_cfg, cfg.expert_tokenizer, cfg.expert_bpe,
                                           cfg.bpe_codes, cfg.expert_sentencepiece_model, cfg.expert_source_lang)
-            task.attach_expert_source(encoder, needed_by=f"criterion {name}")
+            task.attach_text_input(EXPERT_INPUT, task.args.expert_src_column, encoder, needed_by=f"criterion {name}")
         return expert
 
     # -- training / validation --------------------------------------------------------------------
@@ -139,8 +199,9 @@ class DistillationCriterion(FairseqCriterion):
         is_gold_row = torch.ones(bsz, dtype=torch.bool, device=target.device)
         is_gold_row[rows] = False
 
-        logits = model(**{**net_input, "prev_output_tokens": prev})[0]  # B×T×V
-        expert_scores = self.expert.scores(*self._expert_input(sample), prev)  # B×T×V
+        net_output = model(**{**net_input, "prev_output_tokens": prev})
+        logits = net_output[0]  # B×T×V
+        expert_scores = self.expert.scores(*self._expert_input(sample), prev) if self.expert else None  # B×T×V
         gold = self._pad_to(target, prev.size(1))
         mask = self._loss_mask(prev)
         gold_mask = mask & is_gold_row[:, None] & gold.ne(self.pad)
@@ -148,6 +209,9 @@ class DistillationCriterion(FairseqCriterion):
         out = kd_cross_entropy(logits, expert_scores, gold, alpha, self.cfg.label_smoothing,
                                expert_argmax=self.expert_target == "argmax")
         loss = (out.loss * mask).sum()
+        ctc_loss = self._ctc_loss(model, net_output, sample)
+        if ctc_loss is not None:
+            loss = loss + self.cfg.ctc_weight * ctc_loss
         n_positions = mask.sum()
         sample_size = bsz if self.cfg.sentence_avg else int(n_positions)
         logging_output = {
@@ -158,14 +222,26 @@ class DistillationCriterion(FairseqCriterion):
             "nsentences": bsz,
             "sample_size": sample_size,
             "n_positions": n_positions.data,
-            "agree": (out.student_argmax.eq(out.expert_argmax) & mask).sum().data,
             "n_correct": (out.student_argmax.eq(gold) & gold_mask).sum().data,
-            "expert_n_correct": (out.expert_argmax.eq(gold) & gold_mask).sum().data,
-            "beta_sum": beta * bsz,
-            "rollout_rows": rows.numel(),
-            "rollout_tokens": rollout_tokens,
         }
+        if self.expert is not None:
+            logging_output["agree"] = (out.student_argmax.eq(out.expert_argmax) & mask).sum().data
+            logging_output["expert_n_correct"] = (out.expert_argmax.eq(gold) & gold_mask).sum().data
+        logging_output.update(beta_sum=beta * bsz, rollout_rows=rows.numel(), rollout_tokens=rollout_tokens)
+        if ctc_loss is not None:
+            logging_output.update(ctc_loss=ctc_loss.data, ctc_sentences=bsz)
         return loss, sample_size, logging_output
+
+    def _ctc_loss(self, model, net_output, sample):
+        """Summed CTC loss (nats) on the transcript, or None without --ctc-weight."""
+        if self.cfg.ctc_weight <= 0:
+            return None
+        if CTC_INPUT not in sample:
+            raise ImitKDError("--ctc-weight: the batch has no transcript: use --task speech_to_text_kd")
+        dictionary = self.task.target_dictionary
+        check_ctc_head(model, len(dictionary))
+        return transcript_ctc_loss(model, net_output, sample[CTC_INPUT]["src_tokens"], dictionary.pad(),
+                                   dictionary.eos(), blank=dictionary.bos())
 
     def _gold_nll(self, model, sample):
         """Teacher-forced gold NLL of the student (validation)."""
@@ -188,16 +264,14 @@ class DistillationCriterion(FairseqCriterion):
             return 1.0
         if "update_num" not in sample:
             raise ImitKDError(f"criterion {self.registered_name} needs --task speech_to_text_kd (it drives β)")
-        c = self.cfg
-        return beta_at(sample["update_num"], self.decay_updates, c.beta_schedule, c.beta, c.beta_base,
-                       c.beta_sigmoid_slope)
+        return self.beta_schedule(sample["update_num"])
 
     def _expert_input(self, sample):
         if self.expert_reads == "audio":
             return sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"]
-        if "expert_input" not in sample:
+        if EXPERT_INPUT not in sample:
             raise ImitKDError("the batch has no expert input: use --task speech_to_text_kd")
-        return sample["expert_input"]["src_tokens"], sample["expert_input"]["src_lengths"]
+        return sample[EXPERT_INPUT]["src_tokens"], sample[EXPERT_INPUT]["src_lengths"]
 
     def _loss_mask(self, tokens):
         mask = tokens.ne(self.pad)
@@ -230,7 +304,10 @@ class DistillationCriterion(FairseqCriterion):
             metrics.log_scalar("rollout_frac", rollout_rows / nsentences, nsentences, round=3)
             if rollout_rows > 0:
                 metrics.log_scalar("rollout_len", total("rollout_tokens") / rollout_rows, rollout_rows, round=2)
-        if n_positions > 0:
+        ctc_sentences = total("ctc_sentences")
+        if ctc_sentences > 0:  # per sentence, in bits (its transcript lengths differ from the target's)
+            metrics.log_scalar("ctc_loss", total("ctc_loss") / ctc_sentences / math.log(2), ctc_sentences, round=3)
+        if n_positions > 0 and any("agree" in log for log in logging_outputs):
             metrics.log_scalar("agreement", 100.0 * total("agree") / n_positions, n_positions, round=2)
 
     @staticmethod
@@ -238,17 +315,59 @@ class DistillationCriterion(FairseqCriterion):
         return True
 
 
-def _register(name, **attributes):
-    cls = type(f"Criterion_{name}", (DistillationCriterion,), {"registered_name": name, **attributes})
-    return register_criterion(name, dataclass=DistillationConfig)(cls)
+@register_criterion("imit_kd_CE", dataclass=DistillationConfig)
+class ImitKDFull(DistillationCriterion):
+    """ImitKD-full: CE to the expert's next-token distribution on mixed gold/rollout prefixes."""
+
+    registered_name = "imit_kd_CE"
 
 
-ImitKDFull = _register("imit_kd_CE")
-ImitKDOptimal = _register("imit_kd", expert_target="argmax")
-WordKD = _register("word_kd", rollouts=False)
-KDExpertCopy = _register("kd_expert_copy", rollouts=False)
-ImitKDAST = _register("imit_kd_ast", expert_reads="audio")
-ImitKDASTPureKD = _register("imit_kd_ast_pure_kd", expert_reads="audio", rollouts=False)
-#: the NMT part of a cascade: a text student reading ASR transcripts (--student-src-column), the
-#: expert reading the gold transcript; ImitKD-full otherwise.
-ImitPipelineNMT = _register("imit_pipeline_nmt_training", student_reads="text")
+@register_criterion("imit_kd", dataclass=DistillationConfig)
+class ImitKDOptimal(DistillationCriterion):
+    """ImitKD-optimal: NLL of the expert's argmax token on mixed gold/rollout prefixes."""
+
+    registered_name, expert_target = "imit_kd", "argmax"
+
+
+@register_criterion("word_kd", dataclass=DistillationConfig)
+class WordKD(DistillationCriterion):
+    """Word-level KD: the expert's distribution on gold prefixes (β ≡ 1)."""
+
+    registered_name, rollouts = "word_kd", False
+
+
+@register_criterion("kd_expert_copy", dataclass=DistillationConfig)
+class KDExpertCopy(WordKD):
+    """The seed's name for word-level KD."""
+
+    registered_name = "kd_expert_copy"
+
+
+@register_criterion("imit_kd_ast", dataclass=DistillationConfig)
+class ImitKDAST(DistillationCriterion):
+    """ImitKD-full with a speech expert (an S2T checkpoint) reading the same audio."""
+
+    registered_name, expert_reads = "imit_kd_ast", "audio"
+
+
+@register_criterion("imit_kd_ast_pure_kd", dataclass=DistillationConfig)
+class ImitKDASTPureKD(DistillationCriterion):
+    """Word-level KD with a speech expert reading the same audio."""
+
+    registered_name, expert_reads, rollouts = "imit_kd_ast_pure_kd", "audio", False
+
+
+@register_criterion("imit_pipeline_nmt_training", dataclass=DistillationConfig)
+class ImitPipelineNMT(DistillationCriterion):
+    """The NMT part of a cascade: a text student reading ASR transcripts (--student-src-column), the
+    expert reading the gold transcript; ImitKD-full otherwise."""
+
+    registered_name, student_reads = "imit_pipeline_nmt_training", "text"
+
+
+@register_criterion("nll", dataclass=DistillationConfig)
+class GoldNLL(DistillationCriterion):
+    """The baseline: label-smoothed gold NLL (fairseq's label_smoothed_cross_entropy) without an
+    expert, with this family's options (--ctc-weight on the transcript) and logging."""
+
+    registered_name, expert_reads, rollouts = "nll", None, False

@@ -19,7 +19,7 @@ from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
-from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, read_text_column
+from ..data import STUDENT_INPUT, TextInputDataset, check_manifest, read_text_column
 from ..errors import ImitKDError
 from ..expert import SourceEncoder
 from . import bleu
@@ -43,6 +43,35 @@ class _KeepExistingFlags:
         return getattr(self._parser, name)
 
 
+def load_pretrained_encoder(model, path: str) -> None:
+    """Initialise ``model.encoder`` from the encoder of the checkpoint ``path`` (e.g. an ASR model),
+    as fairseq's ``--load-pretrained-encoder-from`` does, except for the CTC head (``ctc_proj``): one
+    the student does not have is left out, and a student head the checkpoint lacks keeps its fresh
+    initialisation. Every other weight must match."""
+    from fairseq import checkpoint_utils
+
+    if not Path(path).is_file():
+        raise ImitKDError(f"--load-pretrained-encoder-from: checkpoint not found: {path}")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    weights = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if getattr(model.encoder, "ctc_proj", None) is None:
+        weights = {k: v for k, v in weights.items() if not k.startswith("ctc_proj.")}
+    own = model.encoder.state_dict()
+    if not any(k.startswith("ctc_proj.") for k in weights):
+        weights.update({k: v for k, v in own.items() if k.startswith("ctc_proj.")})
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or shapes:
+        what = "; ".join(f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                         for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+                         if keys)
+        raise ImitKDError(f"--load-pretrained-encoder-from {path}: its encoder does not fit the student's ({what}); "
+                          "use the same encoder flags (layers, dims, conv) as the pretrained model")
+    model.encoder.load_state_dict(weights)
+    logger.info(f"loaded pretrained encoder from {path} ({len(weights)} tensors)")
+
+
 @register_task("speech_to_text_kd")
 class SpeechToTextKDTask(SpeechToTextTask):
     @classmethod
@@ -61,7 +90,7 @@ class SpeechToTextKDTask(SpeechToTextTask):
 
     def __init__(self, args, tgt_dict):
         super().__init__(args, tgt_dict)
-        self.expert_source = None  # (SourceEncoder, who needs it) once a criterion attaches one
+        self.text_inputs = {}  # batch key -> (manifest column, SourceEncoder, who needs it); set by criteria
         self.bleu_scorer = None
         self.student_source = None
         if getattr(args, "student_src_column", None):
@@ -81,34 +110,65 @@ class SpeechToTextKDTask(SpeechToTextTask):
     def build_model(self, args, from_checkpoint=False):
         from fairseq.models import ARCH_MODEL_REGISTRY
 
+        if not from_checkpoint:  # training: fairseq reads the manifests only after building model and expert
+            self.check_manifests()
         model_cls = ARCH_MODEL_REGISTRY.get(getattr(args, "arch", None))
         if self.student_source is None and model_cls is not None and "speech" not in model_cls.__module__:
             raise ImitKDError(f"--arch {args.arch} reads text: set --student-src-column (the manifest column it "
                               "reads, e.g. ASR transcripts), or use a speech arch such as s2t_transformer_s")
-        model = super().build_model(args, from_checkpoint)
+        pretrained = getattr(args, "load_pretrained_encoder_from", None)
+        if pretrained:  # loaded below (fairseq's strict load fails on a CTC head only one side has)
+            args.load_pretrained_encoder_from = None
+        try:
+            model = super().build_model(args, from_checkpoint)
+        finally:
+            if pretrained:
+                args.load_pretrained_encoder_from = pretrained
+        if pretrained and not from_checkpoint:  # a checkpoint brings its own trained encoder
+            load_pretrained_encoder(model, pretrained)
         if getattr(args, "eval_bleu", False):
             self.bleu_scorer = bleu.BleuScorer(self, model, args)
         return model
 
-    def attach_expert_source(self, encoder, needed_by: str):
-        """Called by a criterion whose expert reads text: every split (loaded or not yet) gets it."""
-        self.expert_source = (encoder, needed_by)
+    def attach_text_input(self, key: str, column: str, encoder, needed_by: str):
+        """Where criterion and task meet: every split (loaded or not yet) gets the manifest ``column``
+        encoded by ``encoder`` as ``sample[key]`` (e.g. the expert's source, the CTC transcript)."""
+        self.text_inputs[key] = (column, encoder, needed_by)
         for split in list(self.datasets):
             self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
+
+    def target_text_encoder(self):
+        """Text → ids with the data config's tokenizer/BPE and the target dictionary (a joint vocabulary
+        then encodes transcripts too), ``</s>`` appended."""
+        return SourceEncoder(self.tgt_dict, self.build_tokenizer(self.args), self.build_bpe(self.args))
 
     def _with_text_inputs(self, split, dataset):
         if isinstance(dataset, TextInputDataset):
             dataset = dataset.dataset
-        inputs = {}
-        if self.expert_source is not None:
-            encoder, needed_by = self.expert_source
-            inputs[EXPERT_INPUT] = (read_text_column(self.args.data, split, self.args.expert_src_column, needed_by), encoder)
+        inputs = {key: (read_text_column(self.args.data, split, column, needed_by), encoder)
+                  for key, (column, encoder, needed_by) in self.text_inputs.items()}
         if self.student_source is not None:
             texts = read_text_column(self.args.data, split, self.args.student_src_column, "--student-src-column")
             inputs[STUDENT_INPUT] = (texts, self.student_source)
         return TextInputDataset(dataset, inputs) if inputs else dataset
 
+    def check_manifests(self):
+        """Before the model and the expert are built (fairseq reads the manifests after): one line naming
+        file and line for a missing, empty or non-UTF-8 --train-subset manifest, or a --valid-subset one
+        that exists but is empty or not UTF-8 (a missing one fails when it is loaded)."""
+        args = self.args
+        subsets = [("--train-subset", getattr(args, "train_subset", None), True)]
+        if not getattr(args, "disable_validation", False):
+            subsets.append(("--valid-subset", getattr(args, "valid_subset", None), False))
+        for flag, splits, required in subsets:
+            for split in (splits or "").split(","):
+                path = Path(args.data) / f"{split}.tsv"
+                if split and (required or path.is_file()):
+                    check_manifest(path, f"{flag} {splits}")
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        for name in split.split(","):
+            check_manifest(Path(self.args.data) / f"{name}.tsv")
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
 

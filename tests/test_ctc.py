@@ -1,0 +1,144 @@
+"""CTC on the source transcript (--ctc-weight), the `nll` criterion and the ASR → student encoder transfer."""
+import torch
+import torch.nn.functional as F
+import pytest
+
+import toydata
+from imitkd.data import CTC_INPUT
+from imitkd.errors import ImitKDError
+from imitkd.tasks.speech_to_text_kd import load_pretrained_encoder
+
+NO_DROPOUT = ["--dropout", "0"]
+
+
+@pytest.fixture(scope="module")
+def joint(toy):
+    """A joint English+German dictionary for the toy corpus (transcripts and targets in one vocabulary,
+    as the demo's dict.txt) and a data config using it."""
+    s2t = toy / "s2t"
+    words = toydata.TGT_WORDS + toydata.SRC_WORDS
+    (s2t / "dict.joint.txt").write_text("".join(f"{w} 1\n" for w in words))
+    (s2t / "config_joint.yaml").write_text("input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.joint.txt\n")
+    return ["--config-yaml", "config_joint.yaml"]
+
+
+def transcripts(task, sample, split="train"):
+    """The src_text of the batch's rows, in batch order."""
+    texts = [r for r in task.datasets[split].dataset.src_texts]
+    return [texts[i] for i in sample["id"].tolist()]
+
+
+def test_nll_with_ctc_equals_hand_computation(toy, joint):
+    args, task, model, crit = toydata.build_in_process(toy, "nll", [*joint, *NO_DROPOUT, "--ctc-weight", "0.3"])
+    sample = toydata.first_batch(task, max_sentences=5)
+    model.train()
+    loss, sample_size, log = crit(model, sample)
+
+    d = task.target_dictionary
+    net_input = sample["net_input"]
+    net_output = model(**net_input)
+    target = sample["target"]
+    ce = F.cross_entropy(net_output[0].transpose(1, 2), target, ignore_index=d.pad(), reduction="sum")
+    enc = net_output[1]["encoder_out"]
+    lprobs = F.log_softmax(model.encoder.ctc_proj(enc["encoder_out"][0]).float(), dim=-1)  # T×B×V
+    pad_mask = enc["encoder_padding_mask"][0] if enc["encoder_padding_mask"] else None
+    ctc = 0.0
+    for b, text in enumerate(transcripts(task, sample)):
+        ids = torch.tensor([d.index(w) for w in text.split()])
+        assert d.unk() not in ids.tolist()  # the transcript is in the joint vocabulary
+        frames = lprobs.size(0) - (int(pad_mask[b].sum()) if pad_mask is not None else 0)
+        ctc = ctc + F.ctc_loss(lprobs[:frames, b], ids, torch.tensor([frames]), torch.tensor([len(ids)]),
+                               blank=0, reduction="sum")
+    torch.testing.assert_close(loss, ce + 0.3 * ctc, rtol=1e-4, atol=1e-3)
+    assert sample_size == int(target.ne(d.pad()).sum())
+    assert log["ctc_loss"] == pytest.approx(float(ctc), rel=1e-4)
+    assert CTC_INPUT in sample and sample[CTC_INPUT]["src_tokens"].size(0) == target.size(0)
+
+
+def test_ctc_gradient_reaches_the_encoder_and_head(toy, joint):
+    args, task, model, crit = toydata.build_in_process(toy, "nll", [*joint, *NO_DROPOUT, "--ctc-weight", "1.0"])
+    sample = toydata.first_batch(task, max_sentences=4)
+    model.train()
+    loss, _, _ = crit(model, sample)
+    loss.backward()
+    assert model.encoder.ctc_proj.weight.grad.abs().sum() > 0
+    assert model.encoder.transformer_layers[0].fc1.weight.grad.abs().sum() > 0
+
+
+def test_word_kd_with_ctc_adds_the_transcript_term(toy):
+    """A KD criterion with the expert's own (non-joint) target dictionary: CTC reads another column."""
+    extra = ["--expert-dtype", "fp32", *NO_DROPOUT]
+    _, task, model, crit = toydata.build_in_process(toy, "word_kd", extra + ["--ctc-weight", "0.5",
+                                                                             "--ctc-src-column", "tgt_text"])
+    sample = toydata.first_batch(task, max_sentences=4)
+    model.train()
+    loss, _, log = crit(model, sample)
+    plain = toydata.build_in_process(toy, "word_kd", extra)[3]
+    plain_loss, _, plain_log = plain(model, sample)  # the same model and batch without the CTC term
+    assert "ctc_loss" not in plain_log and log["ctc_loss"] > 0
+    torch.testing.assert_close(loss, plain_loss + 0.5 * log["ctc_loss"], rtol=1e-4, atol=1e-3)
+
+
+def test_ctc_needs_a_speech_student_head(toy, joint):
+    _, task, model, crit = toydata.build_in_process(toy, "nll", [*joint, "--ctc-weight", "0.3"])
+    model.encoder.ctc_proj = None
+    sample = toydata.first_batch(task, max_sentences=2)
+    model.train()
+    with pytest.raises(ImitKDError, match="CTC head"):
+        crit(model, sample)
+
+
+def test_pretrained_encoder_transfer_with_and_without_ctc_head(toy, joint, tmp_path):
+    from fairseq import checkpoint_utils
+
+    _, _, asr, _ = toydata.build_in_process(toy, "nll", [*joint, "--ctc-weight", "0.3"])
+    path = tmp_path / "asr.pt"
+    history = [{"criterion_name": "nll", "optimizer_name": "adam", "lr_scheduler_state": {"best": None},
+                "num_updates": 0}]
+    checkpoint_utils.torch_persistent_save({"model": asr.state_dict(), "cfg": None, "optimizer_history": history,
+                                            "extra_state": {}}, str(path))
+    for ctc in ("0.3", "0"):
+        _, _, student, _ = toydata.build_in_process(toy, "nll", [*joint, "--ctc-weight", ctc])
+        load_pretrained_encoder(student, str(path))  # the ASR's CTC head is left out where there is none
+        for name, tensor in student.encoder.state_dict().items():
+            torch.testing.assert_close(tensor, asr.encoder.state_dict()[name])
+        assert (student.encoder.ctc_proj is None) == (ctc == "0")
+    no_head = tmp_path / "no_head.pt"  # a pretrained encoder without a head: the student's starts fresh
+    state = {k: v for k, v in asr.state_dict().items() if "ctc_proj" not in k}
+    checkpoint_utils.torch_persistent_save({"model": state, "cfg": None, "optimizer_history": history,
+                                            "extra_state": {}}, str(no_head))
+    _, _, student, _ = toydata.build_in_process(toy, "nll", [*joint, "--ctc-weight", "0.3"])
+    head = student.encoder.ctc_proj.weight.detach().clone()
+    load_pretrained_encoder(student, str(no_head))
+    torch.testing.assert_close(student.encoder.ctc_proj.weight, head)
+    torch.testing.assert_close(student.encoder.transformer_layers[0].fc1.weight, asr.encoder.transformer_layers[0].fc1.weight)
+    _, _, wider, _ = toydata.build_in_process(toy, "nll", [*joint, "--encoder-ffn-embed-dim", "48"])
+    with pytest.raises(ImitKDError, match="does not fit the student's.*other shape"):
+        load_pretrained_encoder(wider, str(path))
+    with pytest.raises(ImitKDError, match="not found"):
+        load_pretrained_encoder(wider, str(tmp_path / "missing.pt"))
+
+
+def test_asr_then_student_through_the_cli(toy, joint, tmp_path):
+    """The original recipe in miniature: an ASR model (speech → transcript, CTC on the transcript),
+    then an ImitKD student whose encoder starts from it and stays frozen for the first updates."""
+    s2t = toy / "s2t"
+    for split in ("train", "dev"):
+        lines = (s2t / f"{split}.tsv").read_text().splitlines()
+        head = lines[0].split("\t")
+        rows = [dict(zip(head, line.split("\t"))) for line in lines[1:]]
+        for r in rows:
+            r["tgt_text"] = r["src_text"]
+        (s2t / f"{split}_asr.tsv").write_text("\n".join(["\t".join(head)] + ["\t".join(r[h] for h in head) for r in rows]) + "\n")
+    asr_dir = tmp_path / "asr"
+    args = toydata.student_train_args(toy, "nll", asr_dir, 40, [*joint, "--ctc-weight", "0.5", "--train-subset",
+                                                                "train_asr", "--valid-subset", "dev_asr"])
+    out = toydata.run("imitkd-train", *args).stdout
+    assert "ctc_loss" in out
+    student_dir = tmp_path / "student"
+    args = toydata.student_train_args(toy, "nll", student_dir, 10, [
+        *joint, "--ctc-weight", "0.5", "--load-pretrained-encoder-from", asr_dir / "checkpoint_last.pt",
+        "--encoder-freezing-updates", "5"])
+    out = toydata.run("imitkd-train", *args).stdout
+    assert "loaded pretrained encoder from" in out
+    assert (student_dir / "checkpoint_last.pt").is_file()
