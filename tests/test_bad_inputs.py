@@ -6,7 +6,8 @@ process so that fairseq is imported once, or an example script's ``main``), the 
 and a regex the single ``error: ...`` line must match. Some rows check more (``check``): that nothing
 was written or lost, or that the error came before the student model was built.
 
-Rows for checkpoint/expert errors and for criterion-flag errors go into the marked places of ``ROWS``.
+Rows are grouped by where the input goes: manifests, task flags, checkpoints/experts, criterion flags,
+the dataset script, data preparation and the corpus builder.
 """
 import os
 import re
@@ -310,6 +311,13 @@ def apt_root(ctx, text, name="sources.list.d/extra.sources"):
 
 
 # ------------------------------------------------------------------------------------------- checks
+def truncated_expert(ctx) -> Path:
+    """The first 1000 bytes of the toy expert: a checkpoint still being written."""
+    half = ctx.tmp / "half.pt"
+    half.write_bytes((ctx.toy / "expert" / "checkpoint_best.pt").read_bytes()[:1000])
+    return half
+
+
 def before_model(ctx):
     assert ctx.models_built == 0, "the error came after the student model was built"
 
@@ -343,6 +351,7 @@ class Row:
     status: object  # expected exit status
     message: str  # regex of the one error line
     check: Optional[Callable] = None  # ctx -> further assertions
+    needs: tuple = ()  # more session fixtures the row reads (e.g. "toy_student")
 
 
 ROWS: List[Row] = [
@@ -361,6 +370,9 @@ ROWS: List[Row] = [
         r"^error: .*/s2t/train\.tsv: line 1 starts with a UTF-8 byte-order mark", before_model),
     Row("manifest missing (--train-subset)", lambda c: train_argv(c, extra=["--train-subset", "train_st"]),
         "imitkd-train", 2, r"^error: .*/s2t/train_st\.tsv: manifest not found \(--train-subset train_st\)$", before_model),
+    Row("--train-subset not named train*", lambda c: train_argv(c, extra=["--train-subset", "dev"]),
+        "imitkd-train", 2, r"^error: --train-subset dev: the speech_to_text tasks need training manifests named "
+        r"train\*: rename dev\.tsv", before_model),
     Row("manifest with a header only", header_only, "imitkd-train", 2,
         r"^error: .*/s2t/train\.tsv: no data rows, only a header \(--train-subset train\)$", before_model),
     Row("manifest row with a cell missing", ragged_row, "imitkd-train", 2,
@@ -392,13 +404,42 @@ ROWS: List[Row] = [
                                                     for a in map(str, train_argv(c))], "imitkd-train", 2,
         r"^error: criterion imit_kd_CE needs --task speech_to_text_kd"),
 
-    # ==== checkpoint / expert errors: ROWS TO BE ADDED HERE (another engineer) ==========================
-    # e.g. --expert checkpoint not found, an expert whose data directory is missing, dictionary mismatch
+    # -- checkpoints and experts (more, through subprocesses: tests/test_checkpoint_safety.py, test_expert_errors.py)
+    Row("--expert checkpoint not found", lambda c: train_argv(c, extra=["--expert", c.tmp / "nosuch.pt"]),
+        "imitkd-train", 2, r"^error: --expert: checkpoint not found: .*/nosuch\.pt$"),
+    Row("--expert checkpoint truncated", lambda c: train_argv(c, extra=["--expert", truncated_expert(c)]),
+        "imitkd-train", 2, r"^error: checkpoint .*/half\.pt is truncated or not a checkpoint: .*still being written"),
+    Row("--expert a speech model for a text criterion", lambda c: train_argv(c, extra=[
+        "--expert", c.toy / "student_kd" / "checkpoint_best.pt"]), "imitkd-train", 2,
+        r"^error: --expert .* is a speech-to-text model .*: use --criterion imit_kd_ast or imit_kd_ast_pure_kd",
+        needs=("toy_student",)),
+    Row("--load-pretrained-encoder-from not found", lambda c: train_argv(c, extra=[
+        "--load-pretrained-encoder-from", c.tmp / "asr.pt"]), "imitkd-train", 2,
+        r"^error: --load-pretrained-encoder-from: checkpoint not found: .*/asr\.pt$"),
 
-    # ==== criterion-flag errors: ROWS TO BE ADDED HERE (another engineer) ===============================
-    # e.g. --kd-weight, --beta-schedule/--beta-base/--beta-decay-updates, --rollout-* values
+    # -- criterion flags (items 3, 7, 8): checked at start-up, in one place (check_config)
+    Row("--rollout-temperature 0 (item 3)", lambda c: train_argv(c, extra=["--rollout", "sample", "--rollout-temperature", "0"]), "imitkd-train", 2,
+        r"^error: --rollout-temperature must be > 0 \(use --rollout greedy for argmax rollouts\), got 0\.0$"),
+    Row("--rollout-temperature -1", lambda c: train_argv(c, extra=["--rollout", "sample", "--rollout-temperature", "-1"]), "imitkd-train", 2,
+        r"^error: --rollout-temperature must be > 0"),
+    Row("--rollout-topk -3 (item 7)", lambda c: train_argv(c, extra=["--rollout", "sample", "--rollout-topk", "-3"]), "imitkd-train", 2,
+        r"^error: --rollout-topk must be >= 0 \(0 = all tokens\), got -3$"),
+    Row("--rollout-max-len-a/-b negative (item 7)", lambda c: train_argv(c, extra=["--rollout-max-len-a", "-1", "--rollout-max-len-b", "-5"]), "imitkd-train", 2,
+        r"^error: --rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got -1\.0 / -5$"),
+    Row("--beta-sigmoid-slope negative (item 7)", lambda c: train_argv(c, extra=["--beta-schedule", "inverse_sigmoid", "--beta-sigmoid-slope", "-20"]), "imitkd-train", 2,
+        r"^error: --beta-sigmoid-slope must be > 0 \(β falls with it\), got -20\.0$"),
+    Row("--beta-decay-updates -5 (item 8)", lambda c: train_argv(c, extra=["--beta-decay-updates", "-5"]), "imitkd-train", 2,
+        r"^error: --beta-decay-updates must be positive, got -5$"),
+    Row("--beta-hold-updates beyond the decay", lambda c: train_argv(c, extra=["--beta-hold-updates", "500", "--beta-decay-updates", "100"]), "imitkd-train", 2,
+        r"^error: --beta-hold-updates 500 leaves nothing of the 100 decay updates"),
+    Row("--kd-weight out of range", lambda c: train_argv(c, extra=["--kd-weight", "1.5"]), "imitkd-train", 2,
+        r"^error: --kd-weight must be in \[0, 1\], got 1\.5$"),
+    Row("--ctc-weight negative", lambda c: train_argv(c, extra=["--ctc-weight", "-1"]), "imitkd-train", 2,
+        r"^error: --ctc-weight must be >= 0, got -1\.0$"),
+    Row("--ctc-src-column names no column", lambda c: train_argv(c, extra=["--ctc-weight", "0.3", "--ctc-src-column", "asr_text"]), "imitkd-train", 2,
+        r"^error: .*/s2t/(dev|train)\.tsv: no 'asr_text' column \(columns: .*\); --ctc-weight reads it$"),
 
-    # -- create_wmt19_generated_dataset.py (item 6: a repeated H-/D- pair; item 9: signals mid-write)
+    # -- create_wmt19_generated_dataset.py (items 6, 9)
     Row("repeated H-/D- pair after sample 2", append_earlier_pair_after_sample_2,
         "create_wmt19_generated_dataset.py", 2,
         r"^create_wmt19_generated_dataset\.py: error: .*/expert\.log:\d+: duplicate H- line for id \d+ "
@@ -450,6 +491,8 @@ def test_bad_input_gives_one_line(row, toy, expert_log, request, tmp_path, monke
                           models_built=0)
     if row.command == "imitkd-generate":
         ctx.student_ckpt = request.getfixturevalue("student_ckpt")
+    for name in row.needs:
+        request.getfixturevalue(name)
     build_model = SpeechToTextTask.build_model
 
     def counting_build_model(self, *args, **kwargs):
@@ -472,5 +515,8 @@ def test_every_item_of_issue_12_has_a_row():
     names = " | ".join(r.name for r in ROWS)
     for needle in ("not UTF-8 (train)", "repeated H-/D- pair", "grep -h of two logs", "SIGTERM mid-write",
                    "--eval-bleu-args not JSON", "no Debian main source", "another --sample-rate",
-                   "no src_text column", "empty src_text cell", "--beta out of range", "wrong task"):
+                   "no src_text column", "empty src_text cell", "--beta out of range", "wrong task",
+                   "--rollout-temperature 0", "--rollout-topk -3", "--rollout-max-len-a/-b negative",
+                   "--beta-sigmoid-slope negative", "--beta-decay-updates -5", "--expert checkpoint truncated",
+                   "speech model for a text criterion"):
         assert needle in names, needle

@@ -64,7 +64,7 @@ def test_plain_fairseq_train_with_user_dir(toy, tmp_path):
         assert "done training" in out.stdout and "duplicate" not in out.stdout
 
 
-@pytest.mark.parametrize("criterion", ["imit_kd_CE", "imit_kd", "word_kd", "imit_kd_ast", "imit_kd_ast_pure_kd"])
+@pytest.mark.parametrize("criterion", ["imit_kd_CE", "imit_kd", "word_kd", "imit_kd_ast", "imit_kd_ast_pure_kd", "nll"])
 def test_each_criterion_lowers_dev_loss(toy, toy_student, tmp_path, criterion):
     extra = ["--beta-decay-updates", "30"]
     args = toydata.student_train_args(toy, criterion, tmp_path / "ckpt", 30, extra)

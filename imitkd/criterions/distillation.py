@@ -14,7 +14,10 @@ teacher-forced gold NLL, so ``valid_loss`` is comparable across criteria.
 Names: ``imit_kd_CE`` (ImitKD-full), ``imit_kd`` (ImitKD-optimal), ``word_kd``/``kd_expert_copy``
 (β ≡ 1), ``imit_kd_ast``/``imit_kd_ast_pure_kd`` (the expert is a speech model reading the same
 audio), ``imit_pipeline_nmt_training`` (a text student reading ASR transcripts from a manifest column,
-``--student-src-column``; needs it set).
+``--student-src-column``; needs it set), ``nll`` (no expert: label-smoothed gold NLL, the baseline).
+
+Every name takes ``--ctc-weight``: an auxiliary CTC loss of the speech encoder on the source
+transcript (``imitkd.ctc``), added to the summed loss (as fairseq's ``..._with_ctc`` criterion does).
 """
 import math
 from dataclasses import dataclass, field
@@ -62,7 +65,8 @@ class DistillationConfig(FairseqDataclass):
     expert_dtype: ChoiceEnum(precision.CHOICES) = _flag(
         "auto", "precision of the expert; auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     # beta schedule
-    beta: float = _flag(1.0, "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)")
+    beta: float = _flag(
+        1.0, "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)")
     beta_schedule: ChoiceEnum(list(SCHEDULES)) = _flag(
         "exponential", "β decay per optimizer update: beta·base^(-t/T), linear, inverse_sigmoid or constant")
     beta_base: float = _flag(200.0, "base of the exponential schedule (ImitKD: 200)")
@@ -298,7 +302,8 @@ class DistillationCriterion(FairseqCriterion):
             metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
             metrics.log_scalar("accuracy", 100.0 * total("n_correct") / gold_ntokens, gold_ntokens, round=2)
             if any("expert_n_correct" in log for log in logging_outputs):
-                metrics.log_scalar("expert_accuracy", 100.0 * total("expert_n_correct") / gold_ntokens, gold_ntokens, round=2)
+                expert_accuracy = 100.0 * total("expert_n_correct") / gold_ntokens
+                metrics.log_scalar("expert_accuracy", expert_accuracy, gold_ntokens, round=2)
         if any("beta_sum" in log for log in logging_outputs) and nsentences > 0:
             metrics.log_scalar("beta", total("beta_sum") / nsentences, nsentences, round=4)
             metrics.log_scalar("rollout_frac", rollout_rows / nsentences, nsentences, round=3)

@@ -88,6 +88,15 @@ class SpeechToTextKDTask(SpeechToTextTask):
                                  "joined vocabulary); the text is encoded with the data config's tokenizer/BPE")
         bleu.add_args(parser)
 
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        subsets = getattr(args, "train_subset", "train") or "train"
+        bad = [s for s in subsets.split(",") if not s.startswith("train")]
+        if bad:  # fairseq's speech_to_text raises a bare ValueError for this
+            raise ImitKDError(f"--train-subset {subsets}: the speech_to_text tasks need training manifests named "
+                              f"train*: rename {bad[0]}.tsv (e.g. to train_{bad[0]}.tsv)")
+        return super().setup_task(args, **kwargs)
+
     def __init__(self, args, tgt_dict):
         super().__init__(args, tgt_dict)
         self.text_inputs = {}  # batch key -> (manifest column, SourceEncoder, who needs it); set by criteria
