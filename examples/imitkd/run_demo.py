@@ -109,8 +109,8 @@ PRESETS = {
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates
     "small": dict(
         spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
-        expert_layers=3, expert_dim=256, expert_ffn=1024, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
-        expert_lr=2e-3, expert_warmup=300, expert_updates=2000, expert_stop_hours=0.25,
+        expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
+        expert_lr=3e-3, expert_warmup=200, expert_updates=2000, expert_stop_hours=0.25,
         enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5", max_tokens=20000,
         asr_updates=1200, asr_stop_hours=0.27, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
         student_updates=500, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=100,
