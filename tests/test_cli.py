@@ -80,7 +80,11 @@ def test_each_criterion_lowers_dev_loss(toy, toy_student, tmp_path, criterion):
 
 
 def test_beta_is_exact_after_resume(toy, tmp_path):
-    flags = ["--log-interval", "1", "--beta-decay-updates", "12"]
+    """β, and with it the whole update (data order, rollout rows, sampled rollouts, dropout), is the same
+    after a resume: fairseq reseeds torch with seed + num_updates before every update and restores the
+    data iterator's position, and every random draw of ours comes from that generator."""
+    flags = ["--log-interval", "1", "--beta-decay-updates", "12", "--rollout", "sample", "--rollout-topk", "5",
+             "--validate-interval-updates", "3"]
     straight = toydata.run("imitkd-train", *toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "a", 12, flags))
     toydata.run("imitkd-train", *toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "b", 6, flags))
     resumed = toydata.run("imitkd-train", *toydata.student_train_args(toy, "imit_kd_CE", tmp_path / "b", 12, flags))
@@ -89,6 +93,9 @@ def test_beta_is_exact_after_resume(toy, tmp_path):
     for k in range(7, 13):
         assert beta_resumed[k] == pytest.approx(beta_straight[k], abs=1e-4)
         assert beta_resumed[k] == pytest.approx(200 ** (-(k - 1) / 12), abs=1e-4)
+    for key in ("loss", "rollout_frac", "rollout_len"):
+        straight_values, resumed_values = logged(straight.stdout, key), logged(resumed.stdout, key)
+        assert {k: straight_values[k] for k in range(7, 13)} == resumed_values, key
 
 
 def test_two_process_data_parallel_applies_beta_on_both_workers(toy, tmp_path):
