@@ -118,25 +118,12 @@ def _fetch_translations(argv, ctx):
     return 0, ""
 
 
-#: a wrapper that runs the dataset script's main and pauses inside the write of the output (at fsync,
-#: with the temporary file open beside the output) until a signal arrives
-_PAUSE_IN_WRITE = """
-import os, signal, sys, time
-signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
-sys.path.insert(0, sys.argv[1])
-import create_wmt19_generated_dataset as gd
-def fsync(fd):
-    open(sys.argv[2], "w").close()
-    time.sleep(60)
-os.fsync = fsync
-sys.exit(gd.main(sys.argv[3:]))
-"""
 
 
 def _signal_mid_write(signum):
     def run(argv, ctx):
         ready = ctx.tmp / "ready"
-        proc = subprocess.Popen([sys.executable, "-c", _PAUSE_IN_WRITE, str(GD_SCRIPT.parent), str(ready),
+        proc = subprocess.Popen([sys.executable, "-c", toydata.PAUSE_IN_WRITE, str(GD_SCRIPT.parent), str(ready),
                                  *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while not ready.exists() and proc.poll() is None and time.time() < deadline:

@@ -25,6 +25,8 @@ from types import SimpleNamespace
 
 import pytest
 
+import toydata
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
 VENV_BIN = Path(sys.executable).parent
@@ -477,23 +479,12 @@ def test_nbest_log_keeps_the_best_and_repeats_fail(data, work, tmp_path, capsys)
     assert not (tmp_path / "bad.tsv").exists()
 
 
-#: runs the script's main, pausing in the output's fsync (temporary file open beside the output)
-_PAUSE_IN_WRITE = """
-import os, sys, time
-sys.path.insert(0, sys.argv[1])
-import create_wmt19_generated_dataset as gd
-def fsync(fd):
-    open(sys.argv[2], "w").close()
-    time.sleep(60)
-os.fsync = fsync
-sys.exit(gd.main(sys.argv[3:]))
-"""
 
 
 def _paused_run(tmp_path, *argv):
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_IN_WRITE, str(SCRIPT.parent), str(ready), *map(str, argv)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", toydata.PAUSE_IN_WRITE, str(SCRIPT.parent), str(ready),
+                             *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(1200):
         if ready.exists() or proc.poll() is not None:
             break

@@ -134,3 +134,18 @@ def batch_of(task, indices, split="train"):
     """The collated batch of these dataset rows."""
     ds = task.dataset(split)
     return ds.collater([ds[i] for i in indices])
+
+
+#: a wrapper that runs the dataset script's main and pauses inside the write of the output (at fsync,
+#: with the temporary file open beside the output) until a signal arrives
+PAUSE_IN_WRITE = """
+import os, signal, sys, time
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
+sys.path.insert(0, sys.argv[1])
+import create_wmt19_generated_dataset as gd
+def fsync(fd):
+    open(sys.argv[2], "w").close()
+    time.sleep(60)
+os.fsync = fsync
+sys.exit(gd.main(sys.argv[3:]))
+"""
