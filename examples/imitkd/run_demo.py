@@ -16,8 +16,8 @@ cores, without a GPU or any download but Debian's package index:
    the transcript (``--criterion nll --ctc-weight``). Its WER on test/test_unseen is reported;
 4. **transcripts** (original workflow, step 2): the ASR model transcribes train/dev with
    ``imitkd-generate``; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
-   ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` also
-   has the expert translate the train transcripts (``-o``: ``train_seqkd.tsv``, sequence-level KD);
+   ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the
+   small corpus, about three times the compute, no time caps) also has the expert translate the train transcripts (``-o``: ``train_seqkd.tsv``, sequence-level KD);
 5. **students** (two at a time, one thread each; each is decoded in its lane as soon as it is trained,
    see 6): every student's encoder starts from the ASR model
    (``--load-pretrained-encoder-from``, frozen for ``--encoder-freezing-updates``) and keeps a CTC
@@ -98,7 +98,7 @@ BASE_METHODS = ("nll", "word_kd", "imit_kd_CE", "imit_kd", "kdt", "imitkdt")
 #: per corpus size: vocabulary, model sizes and budgets (CPU-sized; chosen on dev)
 PRESETS = {
     "ci": dict(
-        spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=0,
+        corpus="ci", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=0,
         expert_layers=1, expert_dim=64, expert_ffn=128, expert_heads=2, expert_dropout=0.1, expert_max_tokens=2000,
         expert_lr=2e-3, expert_warmup=50, expert_updates=200, expert_stop_hours=0,
         enc_layers=1, dec_layers=1, dim=64, ffn=128, heads=2, conv_kernels="5,5", max_tokens=20000,
@@ -110,7 +110,7 @@ PRESETS = {
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates; β is
     # held at 1 for the first half of the ImitKD runs (dev BLEU 7.15 vs 5.56 without the hold)
     "small": dict(
-        spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
+        corpus="small", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
         expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
         expert_lr=3e-3, expert_warmup=200, expert_updates=2000, expert_stop_hours=0.25,
         enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5", max_tokens=20000,
@@ -118,14 +118,17 @@ PRESETS = {
         student_updates=500, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=100,
         beta_hold=250, transcribe_beam=4, log_interval=25, validate_every=100,
     ),
+    # the small corpus and models with about three times the compute (no time caps, so the result does not
+    # depend on the machine's load): the small run's limits were an ASR model and an expert that were still
+    # improving when stopped, and 500 student updates; medium adds SeqKD and ImitKD*
     "medium": dict(
-        spm_vocab_size=1000, methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_text_pairs=ALL_PAIRS,
-        expert_layers=3, expert_dim=256, expert_ffn=1024, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
-        expert_lr=2e-3, expert_warmup=300, expert_updates=3000, expert_stop_hours=0.5,
-        enc_layers=4, dec_layers=2, dim=144, ffn=576, heads=4, conv_kernels="5,5,5", max_tokens=20000,
-        asr_updates=2500, asr_stop_hours=0.75, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
-        student_updates=1200, student_lr=2e-3, student_warmup=150, student_ctc_weight=0.3, encoder_freezing=200,
-        beta_hold=600, transcribe_beam=4, log_interval=50, validate_every=200,
+        corpus="small", spm_vocab_size=1000, methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_text_pairs=ALL_PAIRS,
+        expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
+        expert_lr=3e-3, expert_warmup=200, expert_updates=2800, expert_stop_hours=0,
+        enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5", max_tokens=20000,
+        asr_updates=3600, asr_stop_hours=0, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
+        student_updates=1000, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=200,
+        beta_hold=500, transcribe_beam=4, log_interval=50, validate_every=200,
     ),
 }
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
@@ -355,16 +358,16 @@ def stage_corpus(args, P, clock) -> Path:
             corpus = args.out / "corpus"
             manifest = corpus / "MANIFEST.json"
             m = json.loads(manifest.read_text()) if manifest.is_file() and not args.rebuild_corpus else {}
-            if (m.get("size") == args.size and m.get("seed") == args.seed
+            if (m.get("size") == P["corpus"] and m.get("seed") == args.seed
                     and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]):
-                st.skip(f"{corpus} exists (size {args.size}); --rebuild-corpus to re-synthesise")
+                st.skip(f"{corpus} exists (size {P['corpus']}); --rebuild-corpus to re-synthesise")
             else:
                 if shutil.which("espeak-ng") is None:
                     raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
                 b = load_builder()
-                clock.say(f"   building DDTP-ST size={args.size} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
+                clock.say(f"   building DDTP-ST size={P['corpus']} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
                 try:
-                    b.build(corpus, size=args.size, seed=args.seed, workers=args.workers,
+                    b.build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers,
                             spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
                 except b.ParamsMismatch as e:
                     raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
@@ -821,7 +824,7 @@ def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds
         f" (beam 5, lowercased words without punctuation), {asr_done.get('reached')} updates, trained in "
         f"{fmt_time(asr_done.get('train_seconds', 0))}.",
         "Paired bootstrap (sacrebleu, 1000 resamples) on BLEU: " + ("; ".join(extra) if extra else "–") + ".",
-        f"DDTP-ST en→de, size {args.size}: {n_train} training utterances, {n_test} test utterances "
+        f"DDTP-ST en→de, corpus size {P['corpus']}: {n_train} training utterances, {n_test} test utterances "
         f"(test_unseen: the same sentences, held-out voices); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
         f"Students and ASR: s2t_transformer {P['enc_layers']}+{P['dec_layers']} layers, d={P['dim']}, conv "
         f"{P['conv_kernels']}; students {P['student_updates']} updates each (batches of ≤{P['max_tokens']} frames), "
