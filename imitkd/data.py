@@ -17,28 +17,43 @@ import torch
 
 from fairseq.data import BaseWrapperDataset, ConcatDataset
 from fairseq.data import data_utils
-from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset, SpeechToTextDatasetCreator
+from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset
+
+from imitkd_data.errors import ManifestError
+from imitkd_data.manifest import read_manifest
 
 from .errors import ImitKDError
 
 EXPERT_INPUT, STUDENT_INPUT, CTC_INPUT = "expert_input", "net_input", "ctc_input"
 
 
-def read_text_column(root: str, splits: str, column: str, needed_by: str) -> List[str]:
-    """The ``column`` of the manifests ``<root>/<split>.tsv`` (comma-separated splits, concatenated in
-    order, as fairseq concatenates them). Fails on a missing column or an empty cell."""
-    texts = []
+def read_text_columns(root: str, splits: str, columns: List[Tuple[str, str]]) -> Dict[str, List[str]]:
+    """``{column: texts}`` for each ``(column, needed_by)`` of the manifests ``<root>/<split>.tsv``
+    (comma-separated splits, concatenated in order, as fairseq concatenates them), reading each manifest
+    once. Fails on a missing column or an empty cell, naming file, row and ``needed_by``."""
+    texts = {column: [] for column, _ in columns}
     for split in splits.split(","):
         path = Path(root) / f"{split}.tsv"
         check_manifest(path)
-        rows = SpeechToTextDatasetCreator._load_samples_from_tsv(root, split)
-        if column not in rows[0]:
-            raise ImitKDError(f"{path}: no '{column}' column (columns: {', '.join(rows[0])}); {needed_by} reads it")
-        for i, row in enumerate(rows):
-            if row[column] is None or not row[column].strip():
-                raise ImitKDError(f"{path}: row {i + 2} (id={row.get('id')}) has an empty '{column}'; {needed_by} reads it")
-        texts.extend(row[column] for row in rows)
+        try:
+            rows = read_manifest(path)  # the rows fairseq's SpeechToTextDatasetCreator reads, in its order
+        except ManifestError as e:
+            raise ImitKDError(str(e)) from None
+        for column, needed_by in columns:
+            if column not in rows[0]:
+                raise ImitKDError(f"{path}: no '{column}' column (columns: {', '.join(rows[0])}); {needed_by} reads it")
+            for i, row in enumerate(rows):
+                if row[column] is None or not row[column].strip():
+                    raise ImitKDError(f"{path}: row {i + 2} (id={row.get('id')}) has an empty '{column}'; "
+                                      f"{needed_by} reads it")
+        for column in texts:
+            texts[column].extend(row[column] for row in rows)
     return texts
+
+
+def read_text_column(root: str, splits: str, column: str, needed_by: str) -> List[str]:
+    """One column of ``read_text_columns``."""
+    return read_text_columns(root, splits, [(column, needed_by)])[column]
 
 
 _CHECKED = set()  # (path, size, mtime) of manifests already checked in this process
@@ -48,10 +63,10 @@ def check_manifest(path, split_flag: str = "") -> None:
     """Fail with one line if the fairseq manifest ``path`` is missing, not UTF-8, has no data row or a row
     whose number of tab-separated fields differs from the header's.
 
-    fairseq's reader (``SpeechToTextDatasetCreator._load_samples_from_tsv``) would end in a traceback
-    that names no file (``UnicodeDecodeError``) or no flag; this names the file, the line (1 = the
-    header) and the row's id. ``split_flag`` (e.g. ``--train-subset train``) says who asked for it.
-    Checks each file once per process (unless it changes)."""
+    fairseq's reader (``SpeechToTextDatasetCreator._load_samples_from_tsv``; ``imitkd_data.manifest`` reads
+    the same way) would end in a traceback that names no file (``UnicodeDecodeError``) or no flag; this
+    names the file, the line (1 = the header) and the row's id. ``split_flag`` (e.g. ``--train-subset
+    train``) says who asked for it. Checks each file once per process (unless it changes)."""
     path = Path(path)
     asked = f" ({split_flag})" if split_flag else ""
     if not path.is_file():
@@ -110,7 +125,7 @@ class TextInputDataset(BaseWrapperDataset):
     Args:
         dataset: a ``SpeechToTextDataset`` (or a concatenation of them).
         inputs: ``{EXPERT_INPUT or STUDENT_INPUT: (texts, encoder)}``; ``texts`` has one string per
-            item in dataset order, ``encoder`` is an ``imitkd.expert.SourceEncoder``.
+            item in dataset order, ``encoder`` is an ``imitkd.text_encoding.SourceEncoder``.
     """
 
     def __init__(self, dataset, inputs: Dict[str, Tuple[List[str], object]]):

@@ -1,6 +1,7 @@
 """The DDTP-ST en→de ``ci`` corpus for tests and demos: ``build_ci_corpus(tmp_dir) -> Path``.
 
-Builds ``examples/speech_to_text/build_ddtp_st.py --size ci --seed 1 --spm-vocab-size 1000`` (about
+Builds ``examples/speech_to_text/build_ddtp_st.py --size ci --seed 1 --spm-vocab-size 1000`` (its library
+``imitkd_data.ddtp.corpus.build``; about
 15 s: apt-get update of the Debian translation index + espeak-ng + fbank). If the environment variable
 ``IMITKD_DATA_CACHE`` is set, the corpus lives in ``$IMITKD_DATA_CACHE/ddtp_st_ci_seed<seed>`` and is
 reused across sessions (re-running the build only verifies it); otherwise it is built under ``tmp_dir``.
@@ -16,23 +17,14 @@ Needs ``espeak-ng`` (``apt-get install -y espeak-ng``) and network access to Deb
 import fcntl
 import os
 import shutil
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "speech_to_text"
+from imitkd_data.ddtp.corpus import build
+from imitkd_data.errors import BuildError, ParamsMismatch
+
 CI_SEED = 1
 CI_SPM_VOCAB = 1000
 ESPEAK_HINT = "espeak-ng is not installed: run `apt-get install -y espeak-ng` (the DDTP-ST test corpus is synthesised with it)"
-
-
-def load_builder():
-    """The ``build_ddtp_st`` module (examples/ is not a package)."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    import build_ddtp_st
-
-    return build_ddtp_st
 
 
 def corpus_dir(tmp_dir, seed: int = CI_SEED) -> Path:
@@ -44,7 +36,6 @@ def build_ci_corpus(tmp_dir, seed: int = CI_SEED, spm_vocab_size: int = CI_SPM_V
     """Build (or reuse) the ci corpus; raises RuntimeError naming the fix if espeak-ng or apt fails."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError(ESPEAK_HINT)
-    b = load_builder()
     out = corpus_dir(tmp_dir, seed)
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:  # parallel sessions sharing the cache
@@ -52,8 +43,8 @@ def build_ci_corpus(tmp_dir, seed: int = CI_SEED, spm_vocab_size: int = CI_SPM_V
         kw = dict(size="ci", seed=seed, workers=2, spm_vocab_size=spm_vocab_size, progress=False)
         try:
             try:
-                return b.build(out, **kw)
-            except b.ParamsMismatch:  # cache from an older builder or Translation release: rebuild
-                return b.build(out, overwrite=True, **kw)
-        except b.BuildError as e:
+                return build(out, **kw)
+            except ParamsMismatch:  # cache from an older builder or Translation release: rebuild
+                return build(out, overwrite=True, **kw)
+        except BuildError as e:
             raise RuntimeError(f"building the DDTP-ST ci corpus failed: {e}") from None

@@ -9,6 +9,7 @@ was written or lost, or that the error came before the student model was built.
 Rows are grouped by where the input goes: manifests, task flags, checkpoints/experts, criterion flags,
 the dataset script, data preparation and the corpus builder.
 """
+import importlib.util
 import os
 import re
 import shutil
@@ -32,12 +33,14 @@ import imitkd.cli
 import fairseq_cli.generate  # noqa: F401  (imported now: they configure logging once, at import)
 import fairseq_cli.train  # noqa: F401
 from fairseq.tasks.speech_to_text import SpeechToTextTask
+from imitkd_data.ddtp.apt import fetch_translations
+from imitkd_data.errors import DataPrepError
 
 REPO = Path(__file__).resolve().parents[1]
 GD_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
-sys.path.insert(0, str(REPO / "examples" / "speech_to_text"))
-import build_ddtp_st  # noqa: E402
-import prep_s2t_data  # noqa: E402
+_spec = importlib.util.spec_from_file_location("prep_s2t_data", REPO / "examples" / "speech_to_text" / "prep_s2t_data.py")
+prep_s2t_data = importlib.util.module_from_spec(_spec)  # the CLI (examples/ is no package)
+_spec.loader.exec_module(prep_s2t_data)
 
 sys.path.insert(0, str(GD_SCRIPT.parent))
 import create_wmt19_generated_dataset as gd  # noqa: E402
@@ -108,12 +111,12 @@ def _script_main(main):
 
 
 def _fetch_translations(argv, ctx):
-    """build_ddtp_st.fetch_translations(cache_dir, apt_root=ROOT) reported as its ``main`` reports errors
-    (the CLI has no flag for the apt root; the system's is "/")."""
+    """imitkd_data.ddtp.apt.fetch_translations(cache_dir, apt_root=ROOT) reported as build_ddtp_st.py's ``main``
+    reports errors (the CLI has no flag for the apt root; the system's is "/")."""
     cache, root = argv
     try:
-        build_ddtp_st.fetch_translations(Path(cache), apt_root=root)
-    except prep_s2t_data.DataPrepError as e:  # what build_ddtp_st.main catches and prints
+        fetch_translations(Path(cache), apt_root=root)
+    except DataPrepError as e:  # what build_ddtp_st.main catches and prints
         return 2, f"error: {e}\n"
     return 0, ""
 

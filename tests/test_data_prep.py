@@ -1,5 +1,5 @@
-"""examples/speech_to_text/prep_s2t_data.py on tiny fake MuST-C / CoVoST / TSV trees."""
-import importlib
+"""examples/speech_to_text/prep_s2t_data.py (its library: imitkd_data.prep) on tiny fake MuST-C / CoVoST / TSV trees."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from imitkd_data import features
+from imitkd_data.errors import DataPrepError
+from imitkd_data.feature_store import zip_manifest
+from imitkd_data.features import kaldi_fbank, read_audio
+from imitkd_data.manifest import read_manifest
+from imitkd_data.prep import prepare
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "speech_to_text" / "prep_s2t_data.py"
-sys.path.insert(0, str(SCRIPT.parent))
-prep = importlib.import_module("prep_s2t_data")
+_spec = importlib.util.spec_from_file_location("prep_s2t_data", SCRIPT)  # the CLI (examples/ is no package)
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
 
 SR = 16000
 SRC = ["hello world", "this is a test", "speech translation works", "one more sentence", "short", "the end"]
@@ -32,11 +40,11 @@ def _write(path: Path, wav: np.ndarray):
 
 def _expected_fbank(path, start=None, frames=None):
     if start is None:
-        wav, sr = prep.read_audio(str(path))
+        wav, sr = read_audio(str(path))
     else:
         wav, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
         wav = wav.mean(axis=1)
-    return prep.kaldi_fbank(wav * 32768.0, sr, 80)
+    return kaldi_fbank(wav * 32768.0, sr, 80)
 
 
 def make_tsv_tree(root: Path):
@@ -109,7 +117,7 @@ def test_prepare_layout(tmp_path, layout):
 
     root, out = tmp_path / "in", tmp_path / "out"
     expected = MAKERS[layout](root)
-    summary = prep.prepare(
+    summary = prepare(
         layout, root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, specaugment="lb", progress=False,
         workers=2 if layout == "mustc" else 1,  # the process pool path
     )
@@ -124,7 +132,7 @@ def test_prepare_layout(tmp_path, layout):
     for split in ("train", "dev"):
         header = (out / f"{split}.tsv").read_text(encoding="utf-8").split("\n", 1)[0]
         assert header.split("\t") == ["id", "audio", "n_frames", "tgt_text", "speaker", "src_text"]
-        rows = prep.load_manifest(out / f"{split}.tsv")
+        rows = read_manifest(out / f"{split}.tsv")
         assert {r["id"] for r in rows} == {k for k, (s, _) in expected.items() if s == split}
         for r in rows:
             seen.add(r["id"])
@@ -171,7 +179,7 @@ def test_fairseq_dataset_reads_manifest(tmp_path, monkeypatch):
 
     root, out = tmp_path / "in", tmp_path / "out"
     make_tsv_tree(root)
-    prep.prepare("tsv", root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, cmvn="utterance", progress=False)
+    prepare("tsv", root, out, splits=["train", "dev"], vocab_type="char", vocab_size=40, cmvn="utterance", progress=False)
     monkeypatch.chdir(tmp_path)
     cfg = S2TDataConfig(out / "config.yaml")
     tgt_dict = Dictionary.load(str(out / cfg.vocab_filename))
@@ -186,31 +194,31 @@ def test_resume_skips_extraction(tmp_path, monkeypatch):
     root, out = tmp_path / "in", tmp_path / "out"
     make_tsv_tree(root)
     calls = []
-    real = prep.kaldi_fbank
-    monkeypatch.setattr(prep, "kaldi_fbank", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = features.kaldi_fbank
+    monkeypatch.setattr(features, "kaldi_fbank", lambda *a, **k: calls.append(1) or real(*a, **k))
     kw = dict(splits=["train", "dev"], vocab_type="char", vocab_size=40, progress=False)
-    assert prep.prepare("tsv", root, out, **kw)["computed"] == 6 and len(calls) == 6
+    assert prepare("tsv", root, out, **kw)["computed"] == 6 and len(calls) == 6
     zip_bytes = (out / "fbank80.zip").read_bytes()
     manifest = (out / "train.tsv").read_text()
     # second run: nothing recomputed, identical zip and manifests
-    assert prep.prepare("tsv", root, out, **kw)["computed"] == 0 and len(calls) == 6
+    assert prepare("tsv", root, out, **kw)["computed"] == 0 and len(calls) == 6
     assert (out / "fbank80.zip").read_bytes() == zip_bytes and (out / "train.tsv").read_text() == manifest
     # interrupted run: only the missing utterance is computed and merged into the zip
     (root / "test.tsv").write_text(
         "id\taudio\tsrc_text\ttgt_text\nutt9\taudio/utt0.wav\tagain\twieder\n", encoding="utf-8"
     )
     kw["splits"] = ["train", "dev", "test"]
-    assert prep.prepare("tsv", root, out, **kw)["computed"] == 1 and len(calls) == 7
-    rows = prep.load_manifest(out / "test.tsv")
+    assert prepare("tsv", root, out, **kw)["computed"] == 1 and len(calls) == 7
+    rows = read_manifest(out / "test.tsv")
     assert rows[0]["id"] == "utt9" and rows[0]["speaker"] == ""
-    assert len(prep.zip_manifest(out / "fbank80.zip")) == 7
+    assert len(zip_manifest(out / "fbank80.zip")) == 7
 
 
 def test_reuse_expert_vocab(tmp_path):
     root, out, out2 = tmp_path / "in", tmp_path / "out", tmp_path / "student"
     make_tsv_tree(root)
-    s = prep.prepare("tsv", root, out, splits=["train"], vocab_type="unigram", vocab_size=30, progress=False)
-    s2 = prep.prepare(
+    s = prepare("tsv", root, out, splits=["train"], vocab_type="unigram", vocab_size=30, progress=False)
+    s2 = prepare(
         "tsv", root, out2, splits=["train"], vocab_from_dict=Path(s["vocab"]), bpe_from=Path(s["spm_model"]), progress=False
     )
     assert Path(s2["vocab"]).read_text() == Path(s["vocab"]).read_text()
@@ -252,12 +260,12 @@ def test_errors_empty_text_and_unreadable_audio(tmp_path):
     lines = tsv.read_text().splitlines()
     lines[2] = "\t".join(lines[2].split("\t")[:3] + ["   ", "spk1"])
     tsv.write_text("\n".join(lines) + "\n")
-    with pytest.raises(prep.DataPrepError, match=r"dev\.tsv:3: empty translation"):
-        prep.prepare("tsv", root, tmp_path / "o", splits=["dev"], progress=False)
+    with pytest.raises(DataPrepError, match=r"dev\.tsv:3: empty translation"):
+        prepare("tsv", root, tmp_path / "o", splits=["dev"], progress=False)
     (root / "audio" / "utt0.wav").write_bytes(b"this is not audio")
     for workers in (1, 2):
-        with pytest.raises(prep.DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
-            prep.prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False, workers=workers)
+        with pytest.raises(DataPrepError, match=r"train\.tsv:2: cannot read audio .*utt0\.wav"):
+            prepare("tsv", root, tmp_path / "o", splits=["train"], progress=False, workers=workers)
 
 
 # --------------------------------------------------------------------------- one sample rate (issue 12)
@@ -296,30 +304,30 @@ def test_22k_and_16k_copies_give_the_same_features_in_prep(tmp_path):
     (root / "train.tsv").write_text(f"id\taudio\tsrc_text\ttgt_text\nu22\t{p22}\tthe fox\tder fuchs\n"
                                     f"u16\t{p16}\tthe fox\tder fuchs\n", encoding="utf-8")
     out = tmp_path / "out"
-    assert prep.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out), "--splits", "train",
+    assert cli.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out), "--splits", "train",
                       "--vocab-type", "char", "--vocab-size", "20", "--no-progress"]) == 0
-    rows = {r["id"]: r for r in prep.load_manifest(out / "train.tsv")}
+    rows = {r["id"]: r for r in read_manifest(out / "train.tsv")}
     f22, f16 = (get_features_or_waveform(str(out / rows[u]["audio"])) for u in ("u22", "u16"))
     assert _close(f22, f16) < 0.1  # log-mel units; the log-mel values span ~25
     import yaml
 
     assert yaml.safe_load((out / "config.yaml").read_text())["sample_rate"] == 16000
     # at each file's own rate (what prep did before) the mel bins cover 0-11 kHz vs 0-8 kHz
-    native = prep.kaldi_fbank(prep.read_audio(str(p22))[0] * 32768.0, 22050, 80)
+    native = kaldi_fbank(read_audio(str(p22))[0] * 32768.0, 22050, 80)
     assert abs(len(native) - len(f16)) <= 1
     n = min(len(native), len(f16))
     assert float(np.abs(native[:n] - f16[:n]).mean()) > 1.0
 
     # --sample-rate 8000: every file resampled to 8 kHz, recorded in the config; resuming at 16 kHz is refused
     out8 = tmp_path / "out8"
-    assert prep.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out8), "--splits", "train",
+    assert cli.main(["--layout", "tsv", "--data-root", str(root), "--out-dir", str(out8), "--splits", "train",
                       "--vocab-type", "char", "--vocab-size", "20", "--no-progress", "--sample-rate", "8000"]) == 0
-    rows8 = {r["id"]: r for r in prep.load_manifest(out8 / "train.tsv")}
+    rows8 = {r["id"]: r for r in read_manifest(out8 / "train.tsv")}
     g22, g16 = (get_features_or_waveform(str(out8 / rows8[u]["audio"])) for u in ("u22", "u16"))
     assert _close(g22, g16) < 0.1 and float(np.abs(g16 - f16).mean()) > 1.0
     assert yaml.safe_load((out8 / "config.yaml").read_text())["sample_rate"] == 8000
-    with pytest.raises(prep.DataPrepError, match=r"--sample-rate 16000: the features in .*out8 were computed at 8000 Hz"):
-        prep.prepare("tsv", root, out8, splits=["train"], vocab_type="char", vocab_size=20, progress=False)
+    with pytest.raises(DataPrepError, match=r"--sample-rate 16000: the features in .*out8 were computed at 8000 Hz"):
+        prepare("tsv", root, out8, splits=["train"], vocab_type="char", vocab_size=20, progress=False)
 
 
 def test_raw_audio_path_resamples_to_16k(tmp_path):

@@ -1,4 +1,4 @@
-"""The offline DDTP-ST en→de corpus (examples/speech_to_text/build_ddtp_st.py), size ci.
+"""The offline DDTP-ST en→de corpus (examples/speech_to_text/build_ddtp_st.py: imitkd_data.ddtp), size ci.
 
 Needs espeak-ng (`apt-get install -y espeak-ng`) and Debian's package index (the system's apt
 source) for `apt-get update`; both
@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddtp_fixture import ESPEAK_HINT, build_ci_corpus, load_builder
+from ddtp_fixture import ESPEAK_HINT, build_ci_corpus
+from imitkd_data.ddtp import apt, provenance, speech
+from imitkd_data.ddtp import text as ddtp_text
+from imitkd_data.errors import BuildError
+from imitkd_data.manifest import read_manifest
 
-b = load_builder()
-prep = b.prep
 ALL_SPLITS = ["train", "dev", "test", "dev_unseen", "test_unseen"]
 KALDI_FLOOR = float(np.log(np.finfo(np.float32).eps))  # -15.94: log-mel of digital silence
 
@@ -33,7 +35,7 @@ def ddtp_ci(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def manifests(ddtp_ci):
-    return {s: prep.load_manifest(ddtp_ci / f"{s}.tsv") for s in ALL_SPLITS}
+    return {s: read_manifest(ddtp_ci / f"{s}.tsv") for s in ALL_SPLITS}
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +45,11 @@ def translations(ddtp_ci):
 
 @pytest.fixture(scope="session")
 def selection(translations):
-    return b.select_text(translations, "ci", 1)
+    return ddtp_text.select_text(translations, "ci", 1)
 
 
 def _pairs(ddtp_ci, split):
-    return prep.load_manifest(ddtp_ci / "text" / f"{split}.pairs.tsv")
+    return read_manifest(ddtp_ci / "text" / f"{split}.pairs.tsv")
 
 
 def test_espeak_available():
@@ -82,9 +84,9 @@ def test_split_by_package(ddtp_ci):
     assert not packages["train"] & packages["test"]
     assert not packages["dev"] & packages["test"]
     for s, pkgs in packages.items():
-        assert all(b.split_of(p) == s for p in pkgs)
+        assert all(ddtp_text.split_of(p) == s for p in pkgs)
     # no masked template in two splits
-    skeletons = {s: {b.skeleton(r["src_text"], r["package"]) for r in _pairs(ddtp_ci, s)} for s in packages}
+    skeletons = {s: {ddtp_text.skeleton(r["src_text"], r["package"]) for r in _pairs(ddtp_ci, s)} for s in packages}
     assert not skeletons["train"] & (skeletons["dev"] | skeletons["test"])
 
 
@@ -93,13 +95,13 @@ def test_text_selection_deterministic(ddtp_ci, translations, selection):
         return hashlib.sha256(json.dumps({s: [(p.package, p.en, p.de) for p in v] for s, v in sel.items()}).encode()).hexdigest()
 
     sel1, pools1 = selection
-    sel2, pools2 = b.select_text(translations, "ci", 1)
+    sel2, pools2 = ddtp_text.select_text(translations, "ci", 1)
     assert digest(sel1) == digest(sel2) and pools1 == pools2
     for s in ("train", "dev", "test"):
         assert [(r["package"], r["src_text"], r["tgt_text"]) for r in _pairs(ddtp_ci, s)] == [(p.package, p.en, p.de) for p in sel1[s]]
-    plan1, plan2 = b.plan_utterances(sel1, 1), b.plan_utterances(sel2, 1)
+    plan1, plan2 = speech.plan_utterances(sel1, 1), speech.plan_utterances(sel2, 1)
     assert plan1 == plan2
-    sel3, _ = b.select_text(translations, "ci", 2)
+    sel3, _ = ddtp_text.select_text(translations, "ci", 2)
     assert digest(sel3) != digest(sel1)
     assert min(pools1.values()) > 100  # 4 % buckets leave room for the bigger sizes
 
@@ -108,16 +110,16 @@ def test_synthesis_deterministic(ddtp_ci, manifests, selection):
     """Re-rendering utterances from the plan reproduces the stored features bit for bit."""
     from fairseq.data.audio.audio_utils import get_features_or_waveform
 
-    plan = b.plan_utterances(selection[0], 1)
+    plan = speech.plan_utterances(selection[0], 1)
     for s, i in (("train", 0), ("train", 57), ("dev_unseen", 3)):
         spec, row = plan[s][i], manifests[s][i]
         assert spec.id == row["id"] and spec.voice == row["speaker"]
         stored = get_features_or_waveform(str(ddtp_ci / row["audio"]))
-        np.testing.assert_array_equal(b.render(spec), stored)
+        np.testing.assert_array_equal(speech.render(spec), stored)
 
 
 def test_voices(manifests):
-    seen, unseen = set(b.SEEN_VOICES), set(b.UNSEEN_VOICES)
+    seen, unseen = set(speech.SEEN_VOICES), set(speech.UNSEEN_VOICES)
     assert not seen & unseen
     for s in ("train", "dev", "test"):
         assert {r["speaker"] for r in manifests[s]} <= seen
@@ -147,20 +149,20 @@ def test_manifest_json(ddtp_ci, translations):
     m = json.loads((ddtp_ci / "MANIFEST.json").read_text())
     for lang, path in translations.items():
         entry = m["inputs"][f"Translation-{lang}"]
-        assert entry["sha256"] == b.sha256_file(path) and entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == provenance.sha256_file(path) and entry["bytes"] == path.stat().st_size
         assert len(entry["sha256"]) == 64
     assert m["seed"] == 1 and m["size"] == "ci"
     assert {s: v["pairs"] for s, v in m["splits"].items()} == {"train": 200, "dev": 20, "test": 20, "dev_unseen": 20, "test_unseen": 20}
-    assert m["voices"] == {"seen": list(b.SEEN_VOICES), "unseen": list(b.UNSEEN_VOICES)}
-    assert m["espeak_ng_version"] == b.espeak_version()
+    assert m["voices"] == {"seen": list(speech.SEEN_VOICES), "unseen": list(speech.UNSEEN_VOICES)}
+    assert m["espeak_ng_version"] == speech.espeak_version()
     assert m["created_utc"] and m["build_seconds"] >= 0
     src = m["apt_source"]  # the system's Debian source that fetch_translations used
-    assert src == b.recorded_apt_source(ddtp_ci / "apt"), "MANIFEST.json of an older builder (stale cache?)"
+    assert src == apt.recorded_apt_source(ddtp_ci / "apt"), "MANIFEST.json of an older builder (stale cache?)"
     assert src["uri"] and src["suite"] and "main" == src["component"]
     for lang in ("en", "de"):
         assert m["inputs"][f"Translation-{lang}"]["source"] == src["translations"][lang]
     for name, digest in m["outputs"].items():
-        assert b.sha256_file(ddtp_ci / name) == digest, name
+        assert provenance.sha256_file(ddtp_ci / name) == digest, name
 
 
 def test_joint_spm_and_config(ddtp_ci):
@@ -196,12 +198,12 @@ def test_rebuild_is_a_noop(ddtp_ci):
 
 
 def test_skeleton_and_split_rules():
-    assert b.skeleton("This package contains the libfoo2 shared library.", "libfoo2") == b.skeleton(
+    assert ddtp_text.skeleton("This package contains the libfoo2 shared library.", "libfoo2") == ddtp_text.skeleton(
         "This package contains the libbar7 shared library.", "libbar7"
     )
-    assert b.skeleton("Foo is a tool.", "foo") != b.skeleton("Foo is a game.", "foo")
-    assert {b.split_of(f"pkg{i}") for i in range(500)} == {"train", "dev", "test"}
-    assert b.split_of("bash") == b.split_of("bash")
+    assert ddtp_text.skeleton("Foo is a tool.", "foo") != ddtp_text.skeleton("Foo is a game.", "foo")
+    assert {ddtp_text.split_of(f"pkg{i}") for i in range(500)} == {"train", "dev", "test"}
+    assert ddtp_text.split_of("bash") == ddtp_text.split_of("bash")
 
 
 # --------------------------------------------------------------------- the apt source (system's own configuration)
@@ -229,7 +231,7 @@ def test_apt_sources_parses_one_line_and_deb822(tmp_path):
             "Types: deb\nURIs: file:/srv/mirror/debian-security\nSuites: bookworm-security\nComponents: main\n"),
         "z.list.disabled": "deb file:/srv/other/debian sid main\n",  # apt reads *.list and *.sources only
     })
-    got = [(s.uri, s.suite, s.signed_by, Path(s.origin).name) for s in b.apt_sources(root)]
+    got = [(s.uri, s.suite, s.signed_by, Path(s.origin).name) for s in apt.apt_sources(root)]
     assert got == [
         ("file:/srv/mirror/ubuntu", "noble", "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "sources.list:3"),
         ("file:/srv/mirror/debian-security", "bookworm-security", None, "sources.list:4"),
@@ -237,7 +239,7 @@ def test_apt_sources_parses_one_line_and_deb822(tmp_path):
         ("file:/srv/mirror/debian", "bookworm", "/usr/share/keyrings/debian-archive-keyring.gpg", "debian.sources:1"),
         ("file:/srv/mirror/debian-security", "bookworm-security", None, "debian.sources:8"),
     ]
-    src = b.debian_source(root)  # the first Debian release suite with 'main': not ubuntu, -security, -updates
+    src = apt.debian_source(root)  # the first Debian release suite with 'main': not ubuntu, -security, -updates
     assert (src.uri, src.suite, src.component) == ("file:/srv/mirror/debian", "bookworm", "main")
     assert src.translation_url("de") == "file:/srv/mirror/debian/dists/bookworm/main/i18n/Translation-de"
     assert src.record()["translations"]["en"].endswith("/dists/bookworm/main/i18n/Translation-en")
@@ -247,14 +249,14 @@ def test_apt_sources_parses_one_line_and_deb822(tmp_path):
     root = _apt_tree(tmp_path / "b", "deb file:/srv/m2/debian sid main non-free\n", {
         "debian.sources": "Types: deb\nURIs: file:/srv/mirror/debian\nSuites: trixie\nComponents: main\nSigned-By:\n"
                           " -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mQINBGPL\n -----END PGP PUBLIC KEY BLOCK-----\n"})
-    assert (b.debian_source(root).uri, b.debian_source(root).suite) == ("file:/srv/m2/debian", "sid")
-    assert b.apt_sources(root)[1].signed_by == key
+    assert (apt.debian_source(root).uri, apt.debian_source(root).suite) == ("file:/srv/m2/debian", "sid")
+    assert apt.apt_sources(root)[1].signed_by == key
     (root / "etc" / "apt" / "sources.list").unlink()
-    assert (b.debian_source(root).suite, b.debian_source(root).signed_by) == ("trixie", key)
+    assert (apt.debian_source(root).suite, apt.debian_source(root).signed_by) == ("trixie", key)
 
-    with pytest.raises(b.BuildError, match=r"no Debian 'main' deb source in .*sources\.list .*file:/srv/mirror/ubuntu "
+    with pytest.raises(BuildError, match=r"no Debian 'main' deb source in .*sources\.list .*file:/srv/mirror/ubuntu "
                                            r"noble \(.*sources\.list:1\).*pass --translations-dir"):
-        b.debian_source(_apt_tree(tmp_path / "c", "deb file:/srv/mirror/ubuntu noble main\n", {}))
+        apt.debian_source(_apt_tree(tmp_path / "c", "deb file:/srv/mirror/ubuntu noble main\n", {}))
 
 
 def test_fetch_translations_uses_the_derived_source(tmp_path):
@@ -269,8 +271,8 @@ def test_fetch_translations_uses_the_derived_source(tmp_path):
         f"Signed-By: {keyring}\n")})
     assert shutil.which("apt-get"), "apt-get is needed (Debian)"
     cache = tmp_path / "cache"
-    with pytest.raises(b.BuildError, match=rf"apt-get update of file:{tmp_path}/mirror/debian trixie "
+    with pytest.raises(BuildError, match=rf"apt-get update of file:{tmp_path}/mirror/debian trixie "
                                            r"\(.*/debian\.sources:1\) failed \(exit \d+; network\?\)"):
-        b.fetch_translations(cache, apt_root=root)
+        apt.fetch_translations(cache, apt_root=root)
     assert (cache / "sources.list").read_text() == f"deb [signed-by={keyring}] file:{tmp_path}/mirror/debian trixie main\n"
-    assert b.recorded_apt_source(cache) is None  # nothing fetched, nothing recorded
+    assert apt.recorded_apt_source(cache) is None  # nothing fetched, nothing recorded

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ddtp_fixture import build_ci_corpus
+from imitkd_data.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "imitkd" / "run_demo.py"
@@ -122,8 +123,8 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         assert ('"expert_accuracy"' in train_log) == (key != "nll")
     for key in ("kdt", "imitkdt"):
         assert "--train-subset train_kdt" in (students / key / "train.log").read_text()
-    gold = [r["src_text"] for r in demo_module().read_manifest(ddtp_ci / "train.tsv")]
-    asr = [r["src_text"] for r in demo_module().read_manifest(ddtp_ci / "train_kdt.tsv")]
+    gold = [r["src_text"] for r in read_manifest(ddtp_ci / "train.tsv")]
+    asr = [r["src_text"] for r in read_manifest(ddtp_ci / "train_kdt.tsv")]
     assert len(asr) == len(gold) and asr != gold  # the ASR model's transcripts, row by row
 
     # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes

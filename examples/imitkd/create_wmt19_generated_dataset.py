@@ -14,24 +14,26 @@ addressed by header **name**; every other column and the column order are kept b
 Where the log has reference (``T-``) lines, they are compared with the manifest to prove that the
 ids really index this manifest (same split, same row order).
 
-Only the standard library is needed; ``--remove-bpe`` uses fairseq's ``post_process`` and
+The manifest is read and written by ``imitkd_data.manifest`` (the package beside the plugin; standard
+library only, as fairseq reads manifests); ``--remove-bpe`` uses fairseq's ``post_process`` and
 ``--detokenize moses`` uses sacremoses (both imported only when asked for). Run ``--help`` for the
 complete command sequences.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import html
 import os
 import re
 import signal
-import socket
 import sys
-import tempfile
 import threading
 import unicodedata
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from imitkd_data import atomic
+from imitkd_data.errors import ManifestError
+from imitkd_data.manifest import Table, first_non_utf8_line, read_table, write_table
 
 PROG = "create_wmt19_generated_dataset.py"
 OUTPUT_SUFFIX = "_generated"
@@ -69,16 +71,8 @@ class LogEntry(NamedTuple):
     ref_line: Optional[int]  #: 1-based line number of the ``T-`` line
 
 
-class Manifest(NamedTuple):
-    """A fairseq S2T manifest: header, data rows (lists of str), and each row's line number."""
-
-    path: str
-    header: List[str]
-    rows: List[List[str]]
-    line_numbers: List[int]
-
-    def column(self, name: str) -> int:
-        return self.header.index(name)
+#: a fairseq S2T manifest: path, header, data rows (lists of str), each row's line number; ``column(name)``
+Manifest = Table
 
 
 class Job(NamedTuple):
@@ -101,51 +95,30 @@ class CheckResult(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- input
 def read_manifest(path: str, required: Sequence[str]) -> Manifest:
-    """Read a fairseq S2T manifest exactly as fairseq does (``csv``, tab, ``QUOTE_NONE``: no quoting,
-    no escapes; blank lines are skipped, so sample ids count non-blank data rows).
+    """Read a fairseq S2T manifest exactly as fairseq does (``imitkd_data.manifest.read_table``: tab,
+    ``QUOTE_NONE``: no quoting, no escapes; blank lines are skipped, so sample ids count non-blank data rows).
 
-    Raises InputError for a missing/unreadable file, a header lacking one of ``required``, duplicate
-    column names, or a row whose field count differs from the header's.
+    Raises InputError for a missing/unreadable or non-UTF-8 file, a header lacking one of ``required``,
+    duplicate column names, or a row whose field count differs from the header's.
     """
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
-            header = next(reader, None)
-            if not header:
-                raise InputError(f"{path}: empty manifest (no header row)")
-            dup = sorted({c for c in header if header.count(c) > 1})
-            if dup:
-                raise InputError(f"{path}: duplicate column name(s) in header: {', '.join(dup)}")
-            absent = [c for c in required if c not in header]
-            if absent:
-                raise InputError(f"{path}: header lacks column(s) {', '.join(repr(c) for c in absent)} "
-                                 f"(header: {' '.join(header)[:200]})")
-            rows, line_numbers = [], []
-            for row in reader:
-                if not row:  # csv.DictReader (fairseq's loader) skips blank lines too
-                    continue
-                if len(row) != len(header):
-                    raise InputError(f"{path}:{reader.line_num}: {len(row)} tab-separated fields, "
-                                     f"the header has {len(header)}")
-                rows.append(row)
-                line_numbers.append(reader.line_num)
-    except UnicodeDecodeError:
-        raise InputError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8; re-encode the manifest as UTF-8 "
-                         f"(e.g. iconv -f latin1 -t utf-8)") from None
-    except (OSError, csv.Error) as e:
-        raise InputError(f"{path}: cannot read manifest: {_one_line(e)}") from None
-    return Manifest(path, header, rows, line_numbers)
-
-
-def _first_non_utf8_line(path: str) -> int:
-    """1-based number of the first line of ``path`` that is not valid UTF-8."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return data.count(b"\n", 0, e.start) + 1
-    return 0
+        table = read_table(path)
+    except ManifestError as e:
+        raise InputError(str(e)) from None
+    header = table.header
+    if not header:
+        raise InputError(f"{path}: empty manifest (no header row)")
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise InputError(f"{path}: duplicate column name(s) in header: {', '.join(dup)}")
+    absent = [c for c in required if c not in header]
+    if absent:
+        raise InputError(f"{path}: header lacks column(s) {', '.join(repr(c) for c in absent)} "
+                         f"(header: {' '.join(header)[:200]})")
+    for row, line in zip(table.rows, table.line_numbers):
+        if len(row) != len(header):
+            raise InputError(f"{path}:{line}: {len(row)} tab-separated fields, the header has {len(header)}")
+    return table
 
 
 def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
@@ -220,7 +193,7 @@ def parse_generate_log(path: str, line_type: str = "D") -> Dict[int, LogEntry]:
                     table[sample_id] = (rest, n_lines)
                 last_id, last_kind = sample_id, kind
     except UnicodeDecodeError:
-        raise InputError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8 (fairseq-generate writes UTF-8 "
+        raise InputError(f"{path}:{first_non_utf8_line(path)}: not UTF-8 (fairseq-generate writes UTF-8 "
                          f"logs)") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read fairseq-generate log: {_one_line(e)}") from None
@@ -359,35 +332,6 @@ def make_postprocessor(remove_bpe: Optional[str], detokenize: str, lang: Optiona
 
 
 # ---------------------------------------------------------------------------------------- output
-def _temp_file(path: str, log: Optional[Callable[[str], None]] = None) -> Tuple[int, str]:
-    """``mkstemp`` beside ``path``: ``.<name>.<host>-<pid>.<random>.tmp``. Temporary files of ``path``
-    that a process on this host left behind when it was killed (SIGKILL: no chance to clean up) are
-    removed first; those of running processes are left alone."""
-    directory, name = os.path.split(os.path.abspath(path))
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-    stale = re.compile(rf"\.{re.escape(name)}\.{re.escape(host)}-(\d+)\.[^.]+\.tmp")
-    for entry in os.listdir(directory):
-        m = stale.fullmatch(entry)
-        if m and not _process_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(directory, entry))
-            except OSError:
-                continue
-            if log is not None:
-                log(f"warning: removed {os.path.join(directory, entry)}, left by process {m.group(1)} (killed?)")
-    return tempfile.mkstemp(dir=directory, prefix=f".{name}.{host}-{os.getpid()}.", suffix=".tmp")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
-
-
 def default_output_path(dataset: str) -> str:
     """``<dir>/<stem>_generated.tsv`` next to the input manifest: ``train_st.tsv`` ->
     ``train_st_generated.tsv`` (fairseq subset ``train_st_generated``); a name not ending in
@@ -398,38 +342,22 @@ def default_output_path(dataset: str) -> str:
 
 def write_manifest_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[str]],
                           mode_from: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> None:
-    """Write a manifest (tab-separated, no quoting, ``\\n`` line ends) atomically: a temporary file in
-    the destination's directory (see ``_temp_file``), fsync, ``os.replace``. Permissions are those of
-    the file replaced, else of ``mode_from``. On any error, and on SIGINT/SIGTERM/SIGHUP under
+    """Write a manifest (tab-separated, no quoting, ``\\n`` line ends) atomically
+    (``imitkd_data.manifest.write_table``: a temporary file beside it, ``.<name>.<host>-<pid>.<random>.tmp``,
+    fsync, ``os.replace``; temporary files of killed runs are removed first and ``log``ged). Permissions are
+    those of the file replaced, else of ``mode_from``. On any error, and on SIGINT/SIGTERM/SIGHUP under
     ``main``, the temporary file is removed (InputError is raised for errors)."""
-    for row in [header, *rows]:
-        for field in row:
-            if "\t" in field or "\n" in field or "\r" in field:
-                raise InputError(f"{path}: refusing to write a field with a tab or line break: {_short(field)}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise InputError(f"-O/--out-file {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise InputError(f"-O/--out-file {path}: is a directory")
-    tmp = None
     try:
-        fd, tmp = _temp_file(path, log)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write("\t".join(header) + "\n")
-            for row in rows:
-                f.write("\t".join(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        source = path if os.path.exists(path) else mode_from
-        if source is not None:
-            os.chmod(tmp, os.stat(source).st_mode & 0o7777)
-        os.replace(tmp, path)
-        tmp = None
+        write_table(path, header, rows, mode_from=mode_from, log=log)
+    except ManifestError as e:  # a field with a tab or line break
+        raise InputError(str(e)) from None
     except OSError as e:
         raise InputError(f"{path}: cannot write output: {_one_line(e)}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -668,19 +596,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
 
 def write_lines_atomic(path: str, lines: Sequence[str], log: Optional[Callable[[str], None]] = None) -> None:
     """Write one string per line (the --missing-ids list), atomically like the manifest."""
-    tmp = None
     try:
-        fd, tmp = _temp_file(path, log)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.writelines(f"{line}\n" for line in lines)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
+        atomic.write_lines(path, lines, log=log)
     except OSError as e:
         raise InputError(f"--missing-ids {path}: cannot write: {_one_line(e)}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -62,8 +62,14 @@ import threading
 import time
 from pathlib import Path
 
+from imitkd_data import atomic
+from imitkd_data.ddtp.apt import fetch_translations
+from imitkd_data.ddtp.corpus import build
+from imitkd_data.ddtp.text import select_text
+from imitkd_data.errors import BuildError, ParamsMismatch
+from imitkd_data.manifest import read_manifest, write_manifest
+
 REPO = Path(__file__).resolve().parents[2]
-BUILDER_DIR = REPO / "examples" / "speech_to_text"
 DATASET_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
 VENV_BIN = Path(sys.executable).parent
 TEST_SPLITS = ("test", "test_unseen")
@@ -295,9 +301,7 @@ def _done_key(path: Path) -> str:
 
 
 def _write_json(path: Path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _prepare_run_dir(d: Path, key: str, force: bool) -> str:
@@ -334,18 +338,6 @@ def train_run(args, clock, run_dir: Path, cmd, label: str, updates: int, deps=()
 
 
 # --------------------------------------------------------------------------- corpus
-def load_builder():
-    if str(BUILDER_DIR) not in sys.path:
-        sys.path.insert(0, str(BUILDER_DIR))
-    import build_ddtp_st
-
-    return build_ddtp_st
-
-
-def read_manifest(path: Path):
-    return load_builder().prep.load_manifest(path)
-
-
 def stage_corpus(args, P, clock) -> Path:
     with clock.stage("corpus") as st:
         if args.corpus:
@@ -364,14 +356,13 @@ def stage_corpus(args, P, clock) -> Path:
             else:
                 if shutil.which("espeak-ng") is None:
                     raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
-                b = load_builder()
                 clock.say(f"   building DDTP-ST size={P['corpus']} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
                 try:
-                    b.build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers,
-                            spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
-                except b.ParamsMismatch as e:
+                    build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers,
+                          spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
+                except ParamsMismatch as e:
                     raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
-                except b.BuildError as e:
+                except BuildError as e:
                     raise DemoError(f"building the corpus failed: {e}") from None
         write_asr_manifests(corpus, args.splits)
         return corpus
@@ -380,14 +371,13 @@ def stage_corpus(args, P, clock) -> Path:
 def write_asr_manifests(corpus: Path, test_splits):
     """``<split>_asr.tsv``: the same utterances with the English transcript as the target (speech →
     transcript), for the ASR stage and its transcription of train/dev."""
-    prep = load_builder().prep
     for split in ("train", "dev", *test_splits):
         out = corpus / f"{split}_asr.tsv"
         src = corpus / f"{split}.tsv"
         if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
             continue
-        rows = prep.load_manifest(src)
-        prep.write_manifest(out, [dict(r, tgt_text=r["src_text"]) for r in rows], columns=list(rows[0]))
+        rows = read_manifest(src)
+        write_manifest(out, [dict(r, tgt_text=r["src_text"]) for r in rows], columns=list(rows[0]))
 
 
 def model_config(args, corpus: Path) -> Path:
@@ -421,13 +411,12 @@ def expert_text(args, P, corpus: Path, clock) -> Path:
         return stem
     import sentencepiece as spm
 
-    b = load_builder()
     try:
-        translations = b.fetch_translations(corpus / "apt")
-    except b.BuildError as e:
+        translations = fetch_translations(corpus / "apt")
+    except BuildError as e:
         raise DemoError(f"the expert's text needs the DDTP translation files ({corpus / 'apt'}): {e}") from None
     manifest = json.loads((corpus / "MANIFEST.json").read_text())
-    text, pools = b.select_text(translations, "medium", manifest["seed"], {"train": 10 ** 9, "dev": 0, "test": 0})
+    text, pools = select_text(translations, "medium", manifest["seed"], {"train": 10 ** 9, "dev": 0, "test": 0})
     own_en = (corpus / "text" / "train.en").read_text(encoding="utf-8").splitlines()
     own_de = (corpus / "text" / "train.de").read_text(encoding="utf-8").splitlines()
     held_out = set((corpus / "text" / "test.en").read_text(encoding="utf-8").splitlines())
@@ -443,9 +432,7 @@ def expert_text(args, P, corpus: Path, clock) -> Path:
     sp = spm.SentencePieceProcessor(model_file=str(corpus / "spm_joint.model"))
     stem.parent.mkdir(parents=True, exist_ok=True)
     for i, lang in enumerate(("en", "de")):
-        lines = [" ".join(sp.encode(pair[i], out_type=str)) for pair in pairs]
-        Path(f"{stem}.{lang}.tmp").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(f"{stem}.{lang}.tmp", f"{stem}.{lang}")
+        atomic.write_lines(f"{stem}.{lang}", [" ".join(sp.encode(pair[i], out_type=str)) for pair in pairs])
     clock.say(f"   [expert] text: {len(pairs)} train pairs (DDTP train pool {pools['train']} + the corpus' "
               f"{len(own_en)}), packages disjoint from dev/test")
     return stem
@@ -853,7 +840,6 @@ def plot(args, P, results, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sys.path.insert(0, str(REPO))
     from imitkd.beta import BetaSchedule
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
@@ -864,9 +850,11 @@ def plot(args, P, results, path: Path):
             pts = [(r["update"], r["beta"]) for r in train if r["beta"] is not None]
             if pts:
                 ax.plot(*zip(*pts), "o", ms=3, label=f"β logged ({key})")
+    # the students' schedule (the criterion's defaults: exponential, β₀ 1, base 200, T = --max-update, with
+    # --beta-hold-updates); update k (1-based, the x of the logged points) runs with β = schedule(k - 1)
     T = P["student_updates"]
     schedule = BetaSchedule(decay_updates=T, hold_updates=P["beta_hold"])
-    ax.plot(range(T), [schedule(k) for k in range(T)], "-", color="gray", lw=1, label="schedule")
+    ax.plot(range(1, T + 1), [schedule(k - 1) for k in range(1, T + 1)], "-", color="gray", lw=1, label="schedule")
     ax.set(title="ImitKD: β (gold-prefix probability)", xlabel="update", ylabel="β", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
     ax = axes[1]

@@ -1,0 +1,182 @@
+"""Build the DDTP-ST en→de corpus: text (``text``), speech + features (``speech``), vocabulary, provenance.
+
+``build(out_dir, size="ci", seed=1, ...) -> Path`` is what ``examples/speech_to_text/build_ddtp_st.py`` runs
+(the layout of ``out_dir`` is in its ``--help``). It is resumable and idempotent: a finished build with
+the same parameters is only verified (``provenance.is_complete``); an interrupted one skips every
+utterance whose features exist; other parameters on an existing build raise ParamsMismatch.
+"""
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .. import atomic
+from ..data_config import write_config
+from ..errors import BuildError, ParamsMismatch
+from ..feature_store import FeatureStore
+from ..manifest import write_manifest
+from ..pool import map_with_progress
+from ..vocab import train_spm, write_fairseq_dict
+from .apt import LANGS, fetch_translations, recorded_apt_source
+from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
+from .speech import (SEEN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version, install_espeak,
+                     plan_utterances, utt_job)
+from .text import BASE_SPLITS, SIZES, Pair, select_text
+
+logger = logging.getLogger("build_ddtp_st")
+STATE = "build_params.json"  #: the parameters the features in out_dir were made with
+
+
+def build(
+    out_dir,
+    size: str = "ci",
+    seed: int = 1,
+    workers: int = 2,
+    spm_vocab_size: Optional[int] = None,
+    spm_type: str = "unigram",
+    translations_dir: Optional[Path] = None,
+    cache_dir: Optional[Path] = None,
+    refresh: bool = False,
+    install_deps: bool = False,
+    save_audio: bool = False,
+    feature_dtype: str = "float32",
+    keep_npy: bool = False,
+    overwrite: bool = False,
+    counts: Optional[Dict[str, int]] = None,
+    progress: bool = True,
+) -> Path:
+    """Build (or finish, or verify) the corpus in ``out_dir``; returns ``out_dir`` as a Path.
+
+    ``translations_dir`` holds ready Translation-en / Translation-de files (skips apt); otherwise they
+    are fetched into ``cache_dir`` (default ``<out_dir>/apt``) once and reused. ``counts`` overrides
+    the split sizes of ``size`` (e.g. ``{"train": 50}``). Re-running with the same arguments only does
+    what is missing; different arguments on an existing build need ``overwrite=True``.
+    """
+    started = time.time()
+    if size not in SIZES:
+        raise BuildError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    translations = _translations(out_dir, translations_dir, cache_dir, refresh)
+    apt_source = recorded_apt_source(translations["en"].parent)  # what fetch_translations used (None: unknown)
+    inputs = input_record(translations, apt_source)
+    text, pools = select_text(translations, size, seed, counts)
+    params = build_params(size=size, seed=seed, counts=counts, feature_dtype=feature_dtype,
+                          text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type)
+    if not overwrite and is_complete(out_dir, params):
+        logger.info("%s is complete and verified; nothing to do", out_dir)
+        return out_dir
+
+    if shutil.which("espeak-ng") is None and install_deps:
+        install_espeak()
+    version = espeak_version()
+    check_voices(SEEN_VOICES + UNSEEN_VOICES)
+    _claim(out_dir, params, version, overwrite)
+
+    plan = plan_utterances(text, seed)
+    _write_text(out_dir / "text", text, plan)
+    splits = _speech(out_dir, plan, workers=workers, feature_dtype=feature_dtype, save_audio=save_audio,
+                     keep_npy=keep_npy, progress=progress)
+    spm_info = _build_joint_spm(out_dir, spm_vocab_size, spm_type) if spm_vocab_size else None
+
+    outputs = [f"{s}.tsv" for s in plan] + ["fbank80.zip"]
+    outputs += [f"text/{s}.{ext}" for s in BASE_SPLITS for ext in ("en", "de", "pairs.tsv")]
+    if spm_info:
+        outputs += ["spm_joint.model", "dict.txt", "config.yaml"]
+        outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
+    write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
+                        apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
+                        feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
+    logger.info("built %s in %.1f s: %s", out_dir, time.time() - started, {s: v["pairs"] for s, v in splits.items()})
+    return out_dir
+
+
+def _translations(out_dir: Path, translations_dir: Optional[Path], cache_dir: Optional[Path],
+                  refresh: bool) -> Dict[str, Path]:
+    """{lang: Translation-<lang> file}: from ``translations_dir``, or fetched (and cached) by apt."""
+    if translations_dir is None:
+        return fetch_translations(Path(cache_dir) if cache_dir else out_dir / "apt", refresh)
+    translations = {lang: Path(translations_dir) / f"Translation-{lang}" for lang in LANGS}
+    for p in translations.values():
+        if not p.is_file():
+            raise BuildError(f"--translations-dir: {p} not found")
+    return translations
+
+
+def _claim(out_dir: Path, params: dict, espeak_version: str, overwrite: bool) -> None:
+    """Record in ``build_params.json`` what the features in ``out_dir`` are made with (``overwrite``: after
+    discarding an earlier build); features of other parameters or espeak-ng versions must not mix."""
+    state = out_dir / STATE
+    if overwrite:
+        for name in ("fbank80", "flac"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for p in [out_dir / "fbank80.zip", out_dir / "MANIFEST.json", state]:
+            p.unlink(missing_ok=True)
+    feature_params = {k: v for k, v in params.items() if k != "spm"}
+    feature_params["espeak_ng_version"] = espeak_version
+    if state.is_file() and json.loads(state.read_text()) != feature_params:
+        raise ParamsMismatch(
+            f"{out_dir} holds a build with other parameters ({state}); use a fresh --out-dir or --overwrite"
+        )
+    state.write_text(json.dumps(feature_params, indent=1, ensure_ascii=False) + "\n")
+
+
+def _write_text(text_dir: Path, text: Dict[str, List[Pair]], plan: Dict[str, List[UttSpec]]) -> None:
+    """``text/<split>.{en,de}`` (one sentence a line) and ``text/<split>.pairs.tsv`` (ids as the manifests)."""
+    text_dir.mkdir(exist_ok=True)
+    for s in BASE_SPLITS:
+        atomic.write_lines(text_dir / f"{s}.en", [p.en for p in text[s]])
+        atomic.write_lines(text_dir / f"{s}.de", [p.de for p in text[s]])
+        atomic.write_lines(
+            text_dir / f"{s}.pairs.tsv",
+            ["id\tpackage\tsrc_text\ttgt_text"] + [f"{u.id}\t{u.package}\t{u.src_text}\t{u.tgt_text}" for u in plan[s]],
+        )
+
+
+def _speech(out_dir: Path, plan: Dict[str, List[UttSpec]], *, workers: int, feature_dtype: str, save_audio: bool,
+            keep_npy: bool, progress: bool) -> dict:
+    """Synthesise every planned utterance that has no features yet, pack ``fbank80.zip``, write the
+    ``<split>.tsv`` manifests; returns MANIFEST.json ``splits`` (pairs, hours, voices per split)."""
+    store = FeatureStore(out_dir)
+    done = store.done()
+    if save_audio:
+        done &= {p.name[: -len(".flac")] for p in (out_dir / "flac").glob("*.flac")}
+    specs = [u for s in plan for u in plan[s]]
+    todo = [u for u in specs if u.id not in done]
+    if len(todo) < len(specs):
+        logger.info("features: %d of %d utterances already done, skipping them", len(specs) - len(todo), len(specs))
+    import scipy.signal  # noqa: F401  (import once before the workers fork: ~1 s each otherwise)
+
+    map_with_progress(utt_job, [(u, str(out_dir), feature_dtype, save_audio) for u in todo], workers,
+                      "espeak-ng + fbank", progress)
+    index = store.pack(keep_npy=keep_npy, progress=progress)
+    stats = {}
+    for s, specs_s in plan.items():
+        rows = []
+        for u in specs_s:
+            audio, n_frames = index[u.id]
+            rows.append(dict(id=u.id, audio=audio, n_frames=n_frames, tgt_text=u.tgt_text, speaker=u.voice, src_text=u.src_text))
+        write_manifest(out_dir / f"{s}.tsv", rows)
+        frames = sum(r["n_frames"] for r in rows)
+        stats[s] = dict(pairs=len(rows), hours=round(frames / 100 / 3600, 4), voices=sorted({u.voice for u in specs_s}))
+    return stats
+
+
+def _build_joint_spm(out_dir: Path, vocab_size: int, spm_type: str) -> dict:
+    """Joint en+de sentencepiece model on text/train.{en,de}, its ``dict.txt``, the encoded text
+    (``text/<split>.spm.<lang>``) and ``config.yaml``; returns MANIFEST.json ``spm``."""
+    import sentencepiece as spm
+
+    text_dir = out_dir / "text"
+    train = [line for lang in LANGS for line in (text_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()]
+    model = train_spm(train, out_dir / "spm_joint", model_type=spm_type, vocab_size=vocab_size)
+    n = write_fairseq_dict(model, out_dir / "dict.txt")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    for s in BASE_SPLITS:
+        for lang in LANGS:
+            lines = (text_dir / f"{s}.{lang}").read_text(encoding="utf-8").splitlines()
+            atomic.write_lines(text_dir / f"{s}.spm.{lang}", [" ".join(sp.encode(line, out_type=str)) for line in lines])
+    write_config(out_dir, "dict.txt", spm_model=model, cmvn="utterance", specaugment="lb", audio_root=out_dir)
+    return dict(model="spm_joint.model", dict="dict.txt", type=spm_type, requested_size=vocab_size, pieces=n + 4)

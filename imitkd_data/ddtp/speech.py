@@ -1,0 +1,151 @@
+"""DDTP-ST speech: espeak-ng reads the English side, then resample, gain, noise, quantise, fbank.
+
+Every random choice (voice, rate, pitch, gain, SNR, noise seed) is fixed up front from (seed, utterance id)
+by ``plan_utterances``, so the synthesis is deterministic given the seed and the espeak-ng version.
+Voices: ``SEEN_VOICES`` for train/dev/test, ``UNSEEN_VOICES`` only for ``dev_unseen``/``test_unseen``
+(the dev/test sentences spoken by held-out voices).
+"""
+import io
+import logging
+import math
+import random
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import BuildError
+from ..feature_store import FeatureStore
+from ..features import SAMPLE_RATE, compute_fbank
+from .text import BASE_SPLITS, Pair
+
+logger = logging.getLogger("build_ddtp_st")
+
+SEEN_VOICES = (
+    "en-us+m3", "en-us+f2", "en-gb-x-rp+m5", "en-us+f4", "en-029+m1", "en-gb-scotland+f3", "en-gb+m2", "en-us-nyc+f1",
+)
+UNSEEN_VOICES = ("en-gb-x-gbclan+m4", "en-gb-x-gbcwmd+f5")
+UNSEEN_SPLITS = {"dev_unseen": "dev", "test_unseen": "test"}
+#: espeak-ng's speaking rate (-s) and pitch (-p), peak gain and white-noise SNR (dB): uniform ranges per utterance
+RATE, PITCH, GAIN, SNR_DB = (140, 200), (35, 65), (0.3, 0.9), (15.0, 40.0)
+
+
+@dataclass(frozen=True)
+class UttSpec:
+    """One utterance to synthesise: its id, split, texts and every random choice of its synthesis."""
+
+    id: str
+    split: str
+    voice: str
+    rate: int
+    pitch: int
+    gain: float
+    snr_db: float
+    noise_seed: int
+    src_text: str
+    tgt_text: str
+    package: str
+
+
+def plan_utterances(text: Dict[str, List[Pair]], seed: int) -> Dict[str, List[UttSpec]]:
+    """Every random choice of the synthesis, fixed up front from (seed, utterance id)."""
+    plan = {}
+    for split in list(BASE_SPLITS) + list(UNSEEN_SPLITS):
+        pairs = text[UNSEEN_SPLITS.get(split, split)]
+        voices = UNSEEN_VOICES if split in UNSEEN_SPLITS else SEEN_VOICES
+        specs = []
+        for i, p in enumerate(pairs):
+            utt_id = f"{split}_{i:05d}"
+            rng = random.Random(f"ddtp-st:{seed}:{utt_id}")
+            specs.append(
+                UttSpec(
+                    id=utt_id,
+                    split=split,
+                    voice=voices[rng.randrange(len(voices))],
+                    rate=rng.randint(*RATE),
+                    pitch=rng.randint(*PITCH),
+                    gain=round(rng.uniform(*GAIN), 4),
+                    snr_db=round(rng.uniform(*SNR_DB), 2),
+                    noise_seed=rng.getrandbits(63),
+                    src_text=p.en,
+                    tgt_text=p.de,
+                    package=p.package,
+                )
+            )
+        plan[split] = specs
+    return plan
+
+
+def espeak_version() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise BuildError("espeak-ng not found: run `apt-get install -y espeak-ng` (or pass --install-deps)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"text-to-speech:\s*(\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+def check_voices(voices: Sequence[str]):
+    """espeak-ng silently falls back for unknown variants, so check languages and variants up front."""
+    langs = set(subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True).stdout.split())
+    listing = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
+    variants = set(re.findall(r"!v/(\S+)", listing))
+    for v in voices:
+        lang, _, variant = v.partition("+")
+        if lang not in langs or (variant and variant not in variants):
+            raise BuildError(f"espeak-ng voice {v!r} not available (language {lang!r} or variant {variant!r} missing)")
+
+
+def synthesize(spec: UttSpec) -> np.ndarray:
+    """16 kHz int16 waveform of one utterance (espeak-ng → resample → gain → noise → quantise)."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    cmd = ["espeak-ng", "-v", spec.voice, "-s", str(spec.rate), "-p", str(spec.pitch), "--stdout"]
+    r = subprocess.run(cmd, input=spec.src_text.encode("utf-8"), capture_output=True)
+    if r.returncode != 0 or len(r.stdout) < 100:
+        raise BuildError(f"espeak-ng failed for {spec.id} ({spec.voice}): {r.stderr.decode(errors='replace').strip()}")
+    wav, sr = sf.read(io.BytesIO(r.stdout), dtype="float64")
+    if wav.ndim > 1:
+        wav = wav.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        g = math.gcd(SAMPLE_RATE, sr)  # 22050 -> 16000: up 320, down 441
+        wav = resample_poly(wav, SAMPLE_RATE // g, sr // g)
+    wav = wav * spec.gain / max(1e-4, float(np.abs(wav).max()))
+    power = float(np.mean(wav**2)) + 1e-10
+    noise = np.random.default_rng(spec.noise_seed).normal(0.0, math.sqrt(power / 10 ** (spec.snr_db / 10)), wav.shape)
+    return np.clip(np.round((wav + noise) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def render(spec: UttSpec) -> np.ndarray:
+    """fbank (n_frames, 80) float32 of one utterance, exactly as stored in the corpus."""
+    pcm = synthesize(spec)
+    return compute_fbank(pcm.astype(np.float32) / 32768.0, SAMPLE_RATE)
+
+
+def utt_job(args):
+    """Pool job: synthesise one utterance, store its features (and, with save_audio, its flac)."""
+    spec, out_dir, dtype, save_audio = args
+    pcm = synthesize(spec)
+    if save_audio:
+        import soundfile as sf
+
+        flac = Path(out_dir) / "flac" / f"{spec.id}.flac"
+        flac.parent.mkdir(exist_ok=True)
+        with atomic_write(flac, binary=True, fsync=False, sweep=False) as f:
+            sf.write(f, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    feats = compute_fbank(pcm.astype(np.float32) / 32768.0, SAMPLE_RATE)
+    return spec.id, FeatureStore(out_dir).save(spec.id, feats, dtype), len(pcm) / SAMPLE_RATE
+
+
+def install_espeak():
+    logger.info("installing espeak-ng with apt-get")
+    r = subprocess.run(["apt-get", "install", "-y", "espeak-ng"], capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = " | ".join(r.stderr.strip().splitlines()[-2:])
+        raise BuildError(f"apt-get install -y espeak-ng failed (root? try apt-get update first): {tail}")

@@ -1,0 +1,17 @@
+"""Errors about input data: the CLIs print them as one line ``error: ...`` (exit status 2)."""
+
+
+class DataPrepError(Exception):
+    """A problem with the input data or the output directory; the message names the file, row or flag."""
+
+
+class ManifestError(DataPrepError):
+    """A manifest that cannot be read (missing, not UTF-8, not a TSV); names the file and line."""
+
+
+class BuildError(DataPrepError):
+    """DDTP-ST: a missing tool, a failed download or an inconsistent output dir."""
+
+
+class ParamsMismatch(BuildError):
+    """DDTP-ST: ``out_dir`` holds features of a build with other parameters (seed, size, text, voices...)."""

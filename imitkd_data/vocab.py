@@ -1,0 +1,105 @@
+"""The target vocabulary: a sentencepiece model with fairseq's special ids and its fairseq dictionary.
+
+``setup_vocab`` trains one on the train targets (``spm_<type><size>.model`` + ``.txt``) or copies in an
+existing dictionary / model (``--vocab-from-dict`` / ``--bpe-from``: a student shares the expert's vocabulary).
+"""
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Tuple
+
+from . import atomic
+from .errors import DataPrepError
+from .manifest import clean_text
+
+logger = logging.getLogger("prep_s2t_data")
+
+# fairseq's special symbols: bos, pad, eos, unk at ids 0..3
+SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def train_spm(texts: Iterable[str], model_prefix: Path, model_type: str = "unigram", vocab_size: int = 8000) -> Path:
+    """Train sentencepiece with fairseq's special ids (bos 0, pad 1, eos 2, unk 3); returns the .model path."""
+    import sentencepiece as spm
+
+    model_prefix = Path(model_prefix)
+    model_prefix.parent.mkdir(parents=True, exist_ok=True)
+    # a fixed input path (the model records it), so that the same text gives a byte-identical model
+    inp = model_prefix.with_name(model_prefix.name + ".input.txt")
+    try:
+        n = 0
+        with open(inp, "w", encoding="utf-8") as f:
+            for t in texts:
+                t = clean_text(t)
+                if t:
+                    f.write(t + "\n")
+                    n += 1
+        if n == 0:
+            raise DataPrepError("no text to train the sentencepiece model on")
+        spm.SentencePieceTrainer.train(
+            input=str(inp),
+            model_prefix=str(model_prefix),
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=1.0,
+            num_threads=1,  # deterministic
+            bos_id=0,
+            pad_id=1,
+            eos_id=2,
+            unk_id=3,
+            hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
+            minloglevel=2,
+        )
+    finally:
+        inp.unlink(missing_ok=True)
+    return model_prefix.with_suffix(".model")
+
+
+def write_fairseq_dict(spm_model: Path, dict_path: Path) -> int:
+    """fairseq dictionary of a sentencepiece model: every piece but ids 0-3 as ``<piece> 1``; returns #pieces."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    if tuple(pieces[:4]) != SPECIAL_PIECES:
+        raise DataPrepError(f"{spm_model}: ids 0-3 are {pieces[:4]}, expected {list(SPECIAL_PIECES)} (fairseq convention)")
+    atomic.write_lines(dict_path, [f"{piece} 1" for piece in pieces[4:]])
+    return len(pieces) - 4
+
+
+def setup_vocab(
+    out_dir: Path,
+    train_targets: Sequence[str],
+    vocab_type: str = "unigram",
+    vocab_size: int = 8000,
+    vocab_from_dict: Optional[Path] = None,
+    bpe_from: Optional[Path] = None,
+) -> Tuple[str, Optional[Path]]:
+    """Train (or copy in) the target vocabulary; returns (vocab_filename relative to out_dir, spm model path)."""
+    out_dir = Path(out_dir)
+    spm_model = None
+    if bpe_from is not None:
+        bpe_from = Path(bpe_from)
+        if not bpe_from.is_file():
+            raise DataPrepError(f"--bpe-from: sentencepiece model not found: {bpe_from}")
+        spm_model = out_dir / bpe_from.name
+        if bpe_from.resolve() != spm_model.resolve():
+            shutil.copyfile(bpe_from, spm_model)
+    if vocab_from_dict is not None:
+        vocab_from_dict = Path(vocab_from_dict)
+        if not vocab_from_dict.is_file():
+            raise DataPrepError(f"--vocab-from-dict: dictionary not found: {vocab_from_dict}")
+        dict_path = out_dir / vocab_from_dict.name
+        if vocab_from_dict.resolve() != dict_path.resolve():
+            shutil.copyfile(vocab_from_dict, dict_path)
+        if spm_model is None:
+            logger.warning("--vocab-from-dict without --bpe-from: config.yaml gets no bpe_tokenizer (targets used as is)")
+        return dict_path.name, spm_model
+    if spm_model is None:
+        if not train_targets:
+            raise DataPrepError("no train split to learn the vocabulary from (name one with --vocab-splits or reuse one)")
+        spm_model = train_spm(train_targets, out_dir / f"spm_{vocab_type}{vocab_size}", model_type=vocab_type,
+                              vocab_size=vocab_size)
+    dict_path = spm_model.with_suffix(".txt")
+    write_fairseq_dict(spm_model, dict_path)
+    return dict_path.name, spm_model
