@@ -1,8 +1,11 @@
-"""Checks on an expert checkpoint before its task and data are loaded: is it the kind of expert the
+"""Checks on an expert checkpoint: before its task and data are loaded, is it the kind of expert the
 criterion needs (text or speech), and does its data directory hold the dictionaries a text expert loads?
-Each failure is one :class:`ImitKDError` line naming the flag and file."""
+Once loaded, is its target dictionary the student's? Each failure is one :class:`ImitKDError` line
+naming the flag and file."""
 import os
 from typing import Optional
+
+from fairseq.data import Dictionary
 
 from .errors import ImitKDError
 
@@ -69,3 +72,18 @@ def check_translation_dicts(cfg, data_dir: Optional[str], filename: str):
         raise ImitKDError(f"{where} lacks the text expert's dictionaries {' and '.join(dict.fromkeys(missing))} "
                           f"({src}→{tgt}); {fix}")
     return src, tgt
+
+
+def check_same_dictionary(student: Dictionary, expert: Dictionary, expert_desc: str) -> None:
+    """Fail unless the two target dictionaries have the same symbols in the same order."""
+    if student.symbols == expert.symbols:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(student.symbols, expert.symbols)) if a != b),
+                 min(len(student), len(expert)))
+    s = student.symbols[first] if first < len(student) else "<end>"
+    e = expert.symbols[first] if first < len(expert) else "<end>"
+    raise ImitKDError(
+        f"the student's target dictionary ({len(student)} symbols, from the data config's vocab_filename) "
+        f"differs from the expert's ({len(expert)} symbols, {expert_desc}) at index {first} ({s!r} vs {e!r}); "
+        "train the student on the expert's target dictionary and BPE"
+    )

@@ -17,7 +17,7 @@ from fairseq.sequence_generator import SequenceGenerator
 import toydata
 from imitkd.losses import kd_cross_entropy
 from imitkd.rollout import student_rollout
-from test_criterion import EXACT, load_student
+from toydata import EXACT, load_student
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -120,3 +120,23 @@ def test_help_lists_the_plugin_flags_by_component():
     assert "\n  --expert-src-column " in "\n" + sections["Task (--task speech_to_text_kd)"]
     assert "--trust-checkpoint" in sections["imitkd"]
     assert "--max-update" in sections["optimization"]  # fairseq's own groups are still there
+
+
+def test_target_dictionaries_must_be_equal_symbol_for_symbol():
+    from fairseq.data import Dictionary
+    from imitkd.expert_checks import check_same_dictionary
+
+    student, expert = Dictionary(), Dictionary()
+    for w in ("a", "b", "c"):
+        student.add_symbol(w)
+    for w in ("a", "c", "b"):
+        expert.add_symbol(w)
+    check_same_dictionary(student, student, "expert x.pt")
+    with pytest.raises(ImitKDError, match=r"differs from the expert's \(7 symbols, expert x\.pt\) at index 5 "
+                                          r"\('b' vs 'c'\); train the student on the expert's target dictionary"):
+        check_same_dictionary(student, expert, "expert x.pt")
+    shorter = Dictionary()
+    shorter.add_symbol("a")
+    with pytest.raises(ImitKDError, match=r"\(7 symbols, from .*\) differs from the expert's \(5 symbols, .*\) "
+                                          r"at index 5 \('b' vs '<end>'\)"):
+        check_same_dictionary(student, shorter, "expert x.pt")

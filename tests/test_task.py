@@ -1,13 +1,10 @@
 """Task speech_to_text_kd: the expert's input in the batch, encoded with the expert's own pipeline."""
 from argparse import Namespace
 
-import sentencepiece as spm
 import torch
 from fairseq import tasks
-from fairseq.data import Dictionary
 
 import toydata
-from imitkd.expert import SourceEncoder
 
 
 def test_batch_carries_expert_tokens_in_batch_order_and_student_inputs_untouched(toy):
@@ -29,28 +26,6 @@ def test_batch_carries_expert_tokens_in_batch_order_and_student_inputs_untouched
     assert torch.equal(sample["target"], ref["target"]) and set(sample["net_input"]) == set(ref["net_input"])
 
 
-def test_source_encoder_uses_fairseq_bpe_and_tokenizer(tmp_path):
-    text = "This package contains the decoder's shared library, version 2.0."
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join([text, "The library decodes audio and video.", "Shared files for the package."] * 30))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=40,
-                                   model_type="unigram", bos_id=0, pad_id=1, eos_id=2, unk_id=3)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
-    d = Dictionary()
-    for i in range(4, sp.get_piece_size()):
-        d.add_symbol(sp.id_to_piece(i))
-    enc = SourceEncoder.build(d, sentencepiece_model=str(tmp_path / "sp.model"))
-    ids = enc.encode(text)
-    assert d.string(ids[:-1]) == " ".join(sp.encode(text, out_type=str)) and ids[-1] == d.eos()
-    assert d.unk() not in ids.tolist()
-
-    codes = tmp_path / "codes"
-    codes.write_text("#version: 0.2\nd e\nde c\nl i\nli b\n")
-    moses = SourceEncoder.build(Dictionary(), tokenizer="moses", bpe="subword_nmt", bpe_codes=str(codes))
-    assert moses.tokenizer.encode("decoder's library.") == "decoder &apos;s library ."
-    assert moses.bpe.encode("decoder library") == "dec@@ o@@ de@@ r lib@@ r@@ a@@ r@@ y"
-
-
 def test_empty_transcript_cell_is_reported_with_file_and_row(tmp_path):
     import pytest
     from imitkd.data import read_text_column
@@ -61,3 +36,35 @@ def test_empty_transcript_cell_is_reported_with_file_and_row(tmp_path):
     with pytest.raises(ImitKDError, match=r"train\.tsv: row 3 \(id=b\) has an empty 'src_text'"):
         read_text_column(str(tmp_path), "train", "src_text", "criterion imit_kd_CE")
     assert read_text_column(str(tmp_path), "train", "tgt_text", "x") == ["hallo", "welt"]
+
+
+
+def test_text_inputs_read_each_manifest_once_per_split(toy, monkeypatch):
+    """The expert's source and the CTC transcript (both src_text here) come from one read of dev.tsv;
+    the CTC transcript is encoded with the target dictionary, the expert's with the expert's own."""
+    import imitkd.data
+    from imitkd.data import CTC_INPUT, EXPERT_INPUT
+
+    args, task, model, crit = toydata.build_in_process(toy, "imit_kd_CE", ["--ctc-weight", "0.3"])
+    assert {key: column for key, (column, _, _) in task.text_inputs.items()} == {CTC_INPUT: "src_text",
+                                                                               EXPERT_INPUT: "src_text"}
+    task.load_dataset("dev")
+    reads = []
+    read = imitkd.data.read_manifest
+    monkeypatch.setattr(imitkd.data, "read_manifest", lambda path: reads.append(path.name) or read(path))
+    dataset = task._with_text_inputs("dev", task.datasets["dev"])
+    assert reads == ["dev.tsv"]
+    (ctc_texts, ctc_encoder), (expert_texts, expert_encoder) = dataset.inputs[CTC_INPUT], dataset.inputs[EXPERT_INPUT]
+    assert ctc_texts == expert_texts == list(dataset.dataset.src_texts)
+    assert ctc_encoder.dictionary is task.target_dictionary
+    assert expert_encoder.dictionary is crit.expert.source_dictionary
+
+
+def test_a_missing_text_column_names_the_manifest_and_who_reads_it(toy):
+    import pytest
+    from imitkd.errors import ImitKDError
+
+    with pytest.raises(ImitKDError, match=r"dev\.tsv: no 'asr_text' column \(columns: id, audio, n_frames, tgt_text, "
+                                          r"speaker, src_text\); --ctc-weight reads it"):
+        toydata.build_in_process(toy, "imit_kd_CE", ["--ctc-weight", "0.3", "--ctc-src-column", "asr_text"],
+                                 split="dev")

@@ -149,3 +149,16 @@ def fsync(fd):
 os.fsync = fsync
 sys.exit(gd.main(sys.argv[3:]))
 """
+
+
+#: in-process flags for deterministic fp32: comparisons with hand computations and fairseq's SequenceGenerator
+EXACT = ["--dropout", "0", "--expert-dtype", "fp32", "--rollout-dtype", "fp32"]
+
+
+def load_student(model, ckpt):
+    """Load the weights of the checkpoint ``ckpt`` (e.g. the ``toy_student`` fixture) into ``model``."""
+    from fairseq import checkpoint_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))
+    model.load_state_dict(state["model"])
+    return model

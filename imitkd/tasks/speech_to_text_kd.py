@@ -1,8 +1,9 @@
 """Task ``speech_to_text_kd``: fairseq's ``speech_to_text`` plus what distillation needs.
 
 * the expert's input: the manifest's transcript column (``--expert-src-column``, default
-  ``src_text``), encoded with the expert's own tokenizer/BPE/dictionary in the data loader and put
-  in the batch as ``sample["expert_input"]`` (student inputs stay exactly fairseq's);
+  ``src_text``), encoded with the expert's own tokenizer/BPE/dictionary (``imitkd.text_encoding``)
+  in the data loader and put in the batch as ``sample["expert_input"]`` (student inputs stay exactly
+  fairseq's); criteria ask for it, and for the CTC transcript, with ``attach_text_input``;
 * the training loop's update counter: ``train_step`` passes fairseq's ``update_num`` to the
   criterion (``sample["update_num"]``), which drives the β schedule, so β is exact after a resume
   and the same on every data-parallel worker;
@@ -13,15 +14,15 @@
 """
 import logging
 from pathlib import Path
+from typing import Optional
 
 from fairseq.data import Dictionary
-
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
-from ..data import STUDENT_INPUT, TextInputDataset, check_manifest, read_text_column
+from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
 from ..errors import ImitKDError
-from ..expert import SourceEncoder
+from ..text_encoding import SourceEncoder
 from . import bleu
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SpeechToTextKDTask(SpeechToTextTask):
 
     def __init__(self, args, tgt_dict):
         super().__init__(args, tgt_dict)
-        self.text_inputs = {}  # batch key -> (manifest column, SourceEncoder, who needs it); set by criteria
+        self.text_inputs = {}  # batch key -> (manifest column, SourceEncoder, who needs it): attach_text_input
         self.bleu_scorer = None
         self.student_source = None
         if getattr(args, "student_src_column", None):
@@ -139,27 +140,41 @@ class SpeechToTextKDTask(SpeechToTextTask):
             self.bleu_scorer = bleu.BleuScorer(self, model, args)
         return model
 
-    def attach_text_input(self, key: str, column: str, encoder, needed_by: str):
+    def attach_text_input(self, key: str, needed_by: str, column: Optional[str] = None,
+                          encoder: Optional[SourceEncoder] = None):
         """Where criterion and task meet: every split (loaded or not yet) gets the manifest ``column``
-        encoded by ``encoder`` as ``sample[key]`` (e.g. the expert's source, the CTC transcript)."""
+        encoded by ``encoder`` as ``sample[key] = {"src_tokens": B×S long, "src_lengths": B long}``
+        (``imitkd.data.TextInputDataset``), e.g. the expert's source or the CTC transcript.
+
+        Args:
+            key: the batch key (``imitkd.data.EXPERT_INPUT``, ``CTC_INPUT``).
+            needed_by: who reads it (a criterion, a flag), named in the errors about the column.
+            column: manifest column; default for ``EXPERT_INPUT``: ``--expert-src-column``.
+            encoder: text → ids; default: the data config's tokenizer/BPE and the target dictionary
+                (a joint vocabulary then encodes transcripts too).
+        """
+        if column is None:
+            if key != EXPERT_INPUT:
+                raise ValueError(f"attach_text_input({key!r}): name the manifest column")
+            column = self.args.expert_src_column
+        if encoder is None:
+            encoder = SourceEncoder(self.tgt_dict, self.build_tokenizer(self.args), self.build_bpe(self.args))
         self.text_inputs[key] = (column, encoder, needed_by)
         for split in list(self.datasets):
             self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
 
-    def target_text_encoder(self):
-        """Text → ids with the data config's tokenizer/BPE and the target dictionary (a joint vocabulary
-        then encodes transcripts too), ``</s>`` appended."""
-        return SourceEncoder(self.tgt_dict, self.build_tokenizer(self.args), self.build_bpe(self.args))
-
     def _with_text_inputs(self, split, dataset):
+        """``dataset`` (unwrapped if it already carries text inputs) with every attached text input and
+        a text student's source; each manifest of ``split`` is read once."""
         if isinstance(dataset, TextInputDataset):
             dataset = dataset.dataset
-        inputs = {key: (read_text_column(self.args.data, split, column, needed_by), encoder)
-                  for key, (column, encoder, needed_by) in self.text_inputs.items()}
+        wanted = dict(self.text_inputs)
         if self.student_source is not None:
-            texts = read_text_column(self.args.data, split, self.args.student_src_column, "--student-src-column")
-            inputs[STUDENT_INPUT] = (texts, self.student_source)
-        return TextInputDataset(dataset, inputs) if inputs else dataset
+            wanted[STUDENT_INPUT] = (self.args.student_src_column, self.student_source, "--student-src-column")
+        if not wanted:
+            return dataset
+        texts = read_text_columns(self.args.data, split, [(column, needed_by) for column, _, needed_by in wanted.values()])
+        return TextInputDataset(dataset, {key: (texts[column], encoder) for key, (column, encoder, _) in wanted.items()})
 
     def check_manifests(self):
         """Before the model and the expert are built (fairseq reads the manifests after): one line naming
