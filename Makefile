@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 
-.PHONY: setup system-deps test test-fast demo bench gpu-check clean
+.PHONY: setup system-deps test test-fast demo bench bench-tables bench-profile gpu-check clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/train_step.py
+
+# the CPU tables of benchmarks/README.md (one per CPU class): one thread, then two, every mode twice
+bench-tables: setup
+	$(PY) benchmarks/train_step.py --repeats 2 --threads 1
+	$(PY) benchmarks/train_step.py --repeats 2 --threads 2
+
+# where an update's time goes (rollout encoder pass, decoding, expert, loss), β = 0 against NLL
+bench-profile: setup
+	$(PY) benchmarks/profile_step.py --threads 1 --modes nll,imit_kd_CE@0,imit_kd@0
 
 # on a CUDA machine with the pinned packages (GPU_PY: its python, default the venv's): the CUDA smoke
 # tests first (a failure does not stop the benchmark), then the benchmark table in bf16 autocast

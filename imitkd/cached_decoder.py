@@ -3,8 +3,7 @@
 fairseq's incremental decoding (``incremental_state``) grows every layer's cached keys/values by
 ``torch.cat`` at each step, looks them up in string-keyed dicts and runs the attention as a dozen small
 ops: ≈ 1,400 ATen calls per step of a 6-layer decoder, ≈ 330 of them touching data. On a GPU that is
-launch-bound (the rollouts of a β = 0 batch cost more than the rest of the update); on a CPU it is
-≈ 10 % of the decoding time, the products being the rest.
+launch-bound; on a CPU the products dominate the decoding time (timings: benchmarks/README.md).
 ``CachedDecoder`` computes the same step with the decoder's own submodules (embeddings, projections,
 layer norms, FFN, output layer): keys/values written in place into B×H×L×d buffers, the encoder's
 keys/values projected once, attention by ``F.scaled_dot_product_attention``: ≈ 1,000 calls per step,
@@ -25,6 +24,7 @@ from fairseq.modules import MultiheadAttention
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
+from . import precision
 from .precision import autocast
 
 
@@ -54,6 +54,18 @@ def unsupported(decoder) -> Optional[str]:
     return None
 
 
+def int8_linears(decoder) -> List[torch.nn.Linear]:
+    """The linear layers of a rollout decoder worth an int8 copy made at every rollout: the FFNs, the
+    output projection (products of few rows with large weights: int8 reads a quarter of the bytes) and
+    the encoder-attention keys/values (computed once for all source positions). The attention
+    projections of the step's few rows are not: for them int8 is no faster than fp32, and the packing
+    would cost."""
+    linears = [decoder.output_projection] if isinstance(decoder.output_projection, torch.nn.Linear) else []
+    for layer in decoder.layers:
+        linears += [layer.fc1, layer.fc2, layer.encoder_attn.k_proj, layer.encoder_attn.v_proj]
+    return [m for m in linears if type(m) is torch.nn.Linear]
+
+
 class CachedDecoder:
     """Decodes B rows one token at a time for at most ``max_steps`` steps.
 
@@ -64,18 +76,27 @@ class CachedDecoder:
         static_shapes: every step has the same shapes and no host-side dependence on the step number
             (the step is a 0-dim tensor; attention over all L cached positions, masked beyond the step),
             so that it can be captured once as a CUDA graph (``GraphedStep``); rows cannot be dropped.
+        int8: multiply by int8 copies of the decoder's current weights where that pays (``int8_linears``;
+            ``precision.int8``, CPUs), quantised here, once per rollout.
+
+    The self-attention's query, key and value projections run as one product (their weights stacked
+    once per rollout, in the autocast dtype if any).
 
     Runs in the caller's autocast region (if any); the caches take the dtype the projections produce.
     """
 
-    def __init__(self, decoder, encoder_out: Dict[str, List[Tensor]], max_steps: int, static_shapes: bool = False):
+    def __init__(self, decoder, encoder_out: Dict[str, List[Tensor]], max_steps: int, static_shapes: bool = False,
+                 int8: bool = False):
         self.decoder, self.max_steps, self.static_shapes = decoder, max_steps, static_shapes
+        self.int8 = precision.Int8Weights(decoder, linears=int8_linears(decoder)) if int8 else None
+        self.qkv = [self._stacked(layer.self_attn) for layer in decoder.layers]
         enc = encoder_out["encoder_out"][0]  # S×B×C
         pad_mask = encoder_out["encoder_padding_mask"]
         # B×1×1×S, True = attend (None: no padding)
         has_pad = len(pad_mask) > 0 and (static_shapes or bool(pad_mask[0].any()))
         self.enc_mask = (~pad_mask[0])[:, None, None, :] if has_pad else None
-        self.enc_kv = [self._heads(layer.encoder_attn, layer.encoder_attn.k_proj(enc), layer.encoder_attn.v_proj(enc))
+        self.enc_kv = [self._heads(layer.encoder_attn, self._linear(layer.encoder_attn.k_proj, enc),
+                                   self._linear(layer.encoder_attn.v_proj, enc))
                        for layer in decoder.layers]
         self.self_kv: List[Optional[Tuple[Tensor, Tensor]]] = [None] * len(decoder.layers)
         self.positions = None  # L×C: position embeddings of the steps 0 … L−1
@@ -83,6 +104,21 @@ class CachedDecoder:
             any_token = decoder.padding_idx + 1
             self.positions = decoder.embed_positions(enc.new_full((1, max_steps), any_token, dtype=torch.long))[0]
         self.step_range = torch.arange(max_steps, device=enc.device)
+
+    def _linear(self, linear, x: Tensor) -> Tensor:
+        return linear(x) if self.int8 is None else self.int8.linear(linear, x)
+
+    def _stacked(self, attn: MultiheadAttention):
+        """x (B×C) → B×3C queries, keys and values in one product."""
+        weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        biases = [p.bias if p.bias is not None else weight.new_zeros(p.out_features)
+                  for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        bias = torch.cat(biases)
+        device_type = weight.device.type
+        if torch.is_autocast_enabled(device_type):  # cast once, not at every step
+            dtype = torch.get_autocast_dtype(device_type)
+            weight, bias = weight.to(dtype), bias.to(dtype)
+        return lambda x: F.linear(x, weight, bias)
 
     @staticmethod
     def _heads(attn: MultiheadAttention, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
@@ -107,7 +143,7 @@ class CachedDecoder:
         if d.quant_noise is not None:
             x = d.quant_noise(x)
         if d.project_in_dim is not None:
-            x = d.project_in_dim(x)
+            x = self._linear(d.project_in_dim, x)
         if self.positions is not None:
             x = x + (self.positions.index_select(0, t.view(1)) if self.static_shapes else self.positions[t])
         if d.layernorm_embedding is not None:
@@ -120,11 +156,13 @@ class CachedDecoder:
             x = self._sublayer(layer, layer.encoder_attn_layer_norm, x,
                                lambda h: self._encoder_attention(i, layer.encoder_attn, h))
             x = self._sublayer(layer, layer.final_layer_norm, x,
-                               lambda h: layer.fc2(layer.activation_fn(layer.fc1(h))))
+                               lambda h: self._linear(layer.fc2, layer.activation_fn(self._linear(layer.fc1, h))))
         if d.layer_norm is not None:
             x = d.layer_norm(x)
         if d.project_out_dim is not None:
-            x = d.project_out_dim(x)
+            x = self._linear(d.project_out_dim, x)
+        if self.int8 is not None and d.output_projection in self.int8.packed:  # = output_layer (``unsupported``)
+            return self._linear(d.output_projection, x)
         return d.output_layer(x).float()
 
     @staticmethod
@@ -136,9 +174,7 @@ class CachedDecoder:
 
     def _self_attention(self, i: int, attn: MultiheadAttention, x: Tensor, t, mask: Optional[Tensor]) -> Tensor:
         b, h, hd = x.size(0), attn.num_heads, attn.head_dim
-        q = attn.q_proj(x).view(b, h, 1, hd)
-        k = attn.k_proj(x).view(b, h, 1, hd)
-        v = attn.v_proj(x).view(b, h, 1, hd)
+        q, k, v = (part.view(b, h, 1, hd) for part in self.qkv[i](x).chunk(3, dim=-1))
         if self.self_kv[i] is None:  # zeros: masked positions must hold finite numbers
             shape = (b, h, self.max_steps, hd)
             self.self_kv[i] = (k.new_zeros(shape), v.new_zeros(shape))
@@ -151,14 +187,14 @@ class CachedDecoder:
             v_cache[:, :, t : t + 1] = v
             k_cache, v_cache = k_cache[:, :, : t + 1], v_cache[:, :, : t + 1]
         out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=attn.scaling)
-        return attn.out_proj(out.reshape(b, -1))
+        return self._linear(attn.out_proj, out.reshape(b, -1))
 
     def _encoder_attention(self, i: int, attn: MultiheadAttention, x: Tensor) -> Tensor:
         b = x.size(0)
-        q = attn.q_proj(x).view(b, attn.num_heads, 1, attn.head_dim)
+        q = self._linear(attn.q_proj, x).view(b, attn.num_heads, 1, attn.head_dim)
         k, v = self.enc_kv[i]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.enc_mask, scale=attn.scaling)
-        return attn.out_proj(out.reshape(b, -1))
+        return self._linear(attn.out_proj, out.reshape(b, -1))
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,14 +9,13 @@ it follows the student to its device on first use, in the precision ``--expert-d
 import logging
 import math
 import os
-from argparse import Namespace
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 from fairseq import checkpoint_utils
-from fairseq.data import Dictionary, encoders
+from fairseq.data import Dictionary
 from fairseq.models.transformer import TransformerDecoderBase
 
 from . import precision
@@ -24,75 +23,6 @@ from .errors import ImitKDError
 from .expert_checks import check_kind, check_translation_dicts
 
 logger = logging.getLogger(__name__)
-
-
-class SourceEncoder:
-    """Text → expert source token ids: tokenizer (e.g. moses) → BPE (sentencepiece, subword_nmt,
-    fastbpe) → dictionary, with ``</s>`` appended — exactly what fairseq-interactive feeds the expert."""
-
-    def __init__(self, dictionary: Dictionary, tokenizer=None, bpe=None):
-        self.dictionary, self.tokenizer, self.bpe = dictionary, tokenizer, bpe
-
-    def encode(self, text: str) -> Tensor:
-        if self.tokenizer is not None:
-            text = self.tokenizer.encode(text)
-        if self.bpe is not None:
-            text = self.bpe.encode(text)
-        return self.dictionary.encode_line(text, add_if_not_exist=False, append_eos=True).long()
-
-    @classmethod
-    def build(cls, dictionary, stored_cfg=None, tokenizer=None, bpe=None, bpe_codes=None,
-              sentencepiece_model=None, source_lang="en"):
-        """Flags win over what the expert checkpoint recorded (its ``--tokenizer``/``--bpe``)."""
-        tok = bpe_obj = None
-        stored_tok = getattr(stored_cfg, "tokenizer", None) if stored_cfg is not None else None
-        stored_bpe = getattr(stored_cfg, "bpe", None) if stored_cfg is not None else None
-        if tokenizer is None and stored_tok is not None:
-            tok = encoders.build_tokenizer(stored_tok)
-        elif tokenizer not in (None, "none"):
-            tok = encoders.build_tokenizer(Namespace(tokenizer=tokenizer, source_lang=source_lang,
-                                                     target_lang=source_lang, moses_no_dash_splits=False,
-                                                     moses_no_escape=False))
-        if bpe is None and bpe_codes:
-            bpe = "subword_nmt"
-        if bpe is None and sentencepiece_model:
-            bpe = "sentencepiece"
-        if bpe is None and stored_bpe is not None:
-            bpe_obj = encoders.build_bpe(stored_bpe)
-        elif bpe not in (None, "none"):
-            for flag, value, needed_by in (("--bpe-codes", bpe_codes, ("subword_nmt", "fastbpe")),
-                                           ("--expert-sentencepiece-model", sentencepiece_model, ("sentencepiece",))):
-                if bpe in needed_by and (not value or not os.path.isfile(value)):
-                    raise ImitKDError(f"--expert-bpe {bpe} needs {flag} FILE (got {value!r})")
-            flag, value = {"sentencepiece": ("--expert-sentencepiece-model", sentencepiece_model),
-                           "subword_nmt": ("--bpe-codes", bpe_codes),
-                           "fastbpe": ("--bpe-codes", bpe_codes)}.get(bpe, ("--expert-bpe", bpe))
-            try:
-                bpe_obj = encoders.build_bpe(Namespace(bpe=bpe, bpe_codes=bpe_codes, bpe_separator="@@",
-                                                       sentencepiece_model=sentencepiece_model,
-                                                       sentencepiece_enable_sampling=False,
-                                                       sentencepiece_alpha=None))
-            except Exception as e:  # e.g. sentencepiece: "could not parse ModelProto from dict.txt"
-                what = {"--expert-sentencepiece-model": "a sentencepiece model",
-                        "--bpe-codes": f"{bpe} BPE codes"}.get(flag, "a usable BPE")
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ImitKDError(f"{flag} {value}: not {what} ({reason})") from None
-        return cls(dictionary, tok, bpe_obj)
-
-
-def check_same_dictionary(student: Dictionary, expert: Dictionary, expert_desc: str) -> None:
-    """Fail unless the two target dictionaries have the same symbols in the same order."""
-    if student.symbols == expert.symbols:
-        return
-    first = next((i for i, (a, b) in enumerate(zip(student.symbols, expert.symbols)) if a != b),
-                 min(len(student), len(expert)))
-    s = student.symbols[first] if first < len(student) else "<end>"
-    e = expert.symbols[first] if first < len(expert) else "<end>"
-    raise ImitKDError(
-        f"the student's target dictionary ({len(student)} symbols, from the data config's vocab_filename) "
-        f"differs from the expert's ({len(expert)} symbols, {expert_desc}) at index {first} ({s!r} vs {e!r}); "
-        "train the student on the expert's target dictionary and BPE"
-    )
 
 
 class Expert:
@@ -109,6 +39,7 @@ class Expert:
         self.models, self.task, self.description = models, task, description
         self.dtype_flag = dtype
         self.dtype = torch.float32  # until it is moved to its device (``to``)
+        self.int8 = False  # linear layers quantised to int8 (``to``, where the flag means it)
         for m in self.models:
             m.requires_grad_(False)
             m.eval()
@@ -181,11 +112,16 @@ class Expert:
 
     def to(self, device: torch.device) -> "Expert":
         if self._device != device:
+            if self.int8:
+                raise ImitKDError(f"{self.description}: its int8 layers stay on {self._device}, cannot move to {device}")
             self.dtype = precision.resolve(self.dtype_flag, device)
+            self.int8 = precision.int8(self.dtype_flag, device)
             for m in self.models:
                 m.to(device=device, dtype=self.dtype)
+                if self.int8:  # frozen: quantised once, one scale per output channel
+                    precision.Int8Weights(m, per_channel=True).install(m)
             self._device = device
-            logger.info(f"{self.description} runs on {device} in {str(self.dtype).replace('torch.', '')} "
+            logger.info(f"{self.description} runs on {device} in {precision.describe(self.dtype_flag, device)} "
                         f"(--expert-dtype {self.dtype_flag})")
         return self
 
@@ -214,8 +150,9 @@ class Expert:
 def _logits(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
     """``model(src_tokens, src_lengths, prev_output_tokens)[0]`` (B×T×V), computed faster for fairseq
     transformer decoders: the output projection gets a contiguous B×T×C input (fairseq hands it a
-    transposed view, which makes it a batched product over a copy of the V×C weight per sentence:
-    0.2 s of a 0.47 s bf16 expert forward on a CPU) and the encoder keeps no per-layer states."""
+    transposed view, which makes it a batched product over a copy of the V×C weight per sentence, a
+    large part of a bf16 expert forward on a CPU: benchmarks/README.md) and the encoder keeps no
+    per-layer states."""
     decoder, encoder = getattr(model, "decoder", None), getattr(model, "encoder", None)
     if not isinstance(decoder, TransformerDecoderBase) or encoder is None:
         return model(src_tokens, src_lengths, prev_output_tokens)[0]
@@ -227,8 +164,8 @@ def _logits(model, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: 
 def _contiguous_layer_inputs(model) -> None:
     """Hand every encoder/decoder layer a contiguous input. fairseq's transformers feed their first
     layer a transposed (B×T×C → T×B×C) view; its attention projections then run as a batched product
-    over a per-time-step copy of each weight, which costs 25 % of a bf16 expert forward on a CPU
-    (231 → 177 ms, 16 × 30 tokens, 6 + 6 layers). Same values up to the dtype's rounding."""
+    over a per-time-step copy of each weight, a sizeable part of a bf16 expert forward on a CPU
+    (benchmarks/README.md). Same values up to the dtype's rounding."""
     for part in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
         layers = getattr(part, "layers", None)
         if isinstance(layers, torch.nn.ModuleList):

@@ -10,6 +10,7 @@ chosen by the criterion's ``--rollout-dtype``, see ``imitkd.precision``). Rows
 that have finished are dropped from the decoder batch as they accumulate, and decoding stops as soon
 as every row has finished.
 """
+import contextlib
 import functools
 import logging
 from typing import Optional
@@ -18,7 +19,7 @@ import torch
 from fairseq import utils
 from torch import Tensor
 
-from . import cached_decoder
+from . import cached_decoder, precision
 from .precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def student_rollout(
     encoder_dtype: Optional[torch.dtype] = None,
     decoder_dtype: Optional[torch.dtype] = None,
     decoding: str = "cached",
+    int8: bool = False,
+    encoder_out: Optional[dict] = None,
 ) -> Tensor:
     """Decode the student's own translations.
 
@@ -69,6 +72,12 @@ def student_rollout(
             ``cuda-graph`` (the same, replayed as one CUDA graph per step on GPUs; ``cached`` elsewhere)
             or ``fairseq`` (the decoder's own incremental decoding). Decoders that ``cached`` does not
             cover use fairseq's.
+        int8: the decoding multiplies by int8 copies of the decoder's current weights where that pays
+            (``cached_decoder.int8_linears``: FFNs, output projection, encoder keys/values), quantised at
+            every call (CPUs; activations stay fp32). The encoder pass stays as it is: its int8 copy,
+            made anew for every rollout, would cost about what it saves.
+        encoder_out: the encoder output of these rows, computed elsewhere (``reorder_encoder_out``; e.g.
+            the training forward's); None: an eval-mode encoder pass here.
 
     Returns B′×L long tensor: tokens ``y1 … yk </s>`` per row, right-padded with ``pad``.
     """
@@ -79,8 +88,10 @@ def student_rollout(
         if src_tokens.dim() == 3:  # features B′×T×C: drop the padding the selected rows no longer need
             src_tokens = src_tokens[:, : int(src_lengths.max())]
         n, device = src_tokens.size(0), src_tokens.device
-        with autocast(device, encoder_dtype):
-            encoder_out = encoder(src_tokens, src_lengths=src_lengths)
+        int8 = int8 and next(decoder.parameters()).dtype == torch.float32  # (int8 products take fp32 inputs)
+        if encoder_out is None:
+            with autocast(device, encoder_dtype):
+                encoder_out = encoder(src_tokens, src_lengths=src_lengths)
         if encoder_dtype is not None and decoder_dtype != encoder_dtype:  # back to the decoder's dtype
             dtype = next(decoder.parameters()).dtype
             encoder_out = utils.apply_to_sample(lambda t: t.to(dtype) if t.is_floating_point() else t, encoder_out)
@@ -94,7 +105,7 @@ def student_rollout(
         finished = torch.zeros(n, dtype=torch.bool, device=device)
         step = 0
         with autocast(device, decoder_dtype):
-            stepper = _decoder_steps(model, encoder_out, steps, decoding, decoder_dtype)
+            stepper = _decoder_steps(model, encoder_out, steps, decoding, decoder_dtype, int8)
             for step in range(steps):
                 logits = stepper(tokens[:, : step + 1], step)
                 logits[:, pad] = -torch.inf
@@ -133,13 +144,16 @@ def student_rollout(
 class _FairseqSteps:
     """fairseq's own incremental decoding (``incremental_state``)."""
 
-    def __init__(self, model, encoder_out):
+    def __init__(self, model, encoder_out, int8: bool = False):
         self.encoder, self.decoder, self.encoder_out, self.state = model.encoder, model.decoder, encoder_out, {}
+        self.int8 = precision.Int8Weights(self.decoder, linears=cached_decoder.int8_linears(self.decoder)) if int8 else None
         self.can_reorder = (hasattr(self.encoder, "reorder_encoder_out")
                             and hasattr(self.decoder, "reorder_incremental_state_scripting"))
 
     def __call__(self, prefix: Tensor, step: int) -> Tensor:
-        return self.decoder(prefix, encoder_out=self.encoder_out, incremental_state=self.state)[0][:, -1, :].float()
+        with contextlib.nullcontext() if self.int8 is None else self.int8.swapped_in(self.decoder):
+            out = self.decoder(prefix, encoder_out=self.encoder_out, incremental_state=self.state)
+        return out[0][:, -1, :].float()
 
     def reorder(self, rows: Tensor) -> None:
         self.encoder_out = self.encoder.reorder_encoder_out(self.encoder_out, rows)
@@ -162,7 +176,8 @@ def _log_fallback(reason: str) -> None:
     logger.info(f"rollouts use fairseq's incremental decoding: {reason}")
 
 
-def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype: Optional[torch.dtype]):
+def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype: Optional[torch.dtype],
+                   int8: bool = False):
     """The per-step logits function of ``decoding`` (see ``student_rollout``), called as
     ``(prefix B×(t+1), t) → B×V`` fp32 logits, with ``can_reorder``/``reorder(rows)``."""
     if decoding not in DECODINGS:
@@ -174,10 +189,16 @@ def _decoder_steps(model, encoder_out, steps: int, decoding: str, autocast_dtype
             if decoding == "cuda-graph" and device.type == "cuda":
                 cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps, static_shapes=True)
                 return _NewestTokenSteps(cached_decoder.GraphedStep(cached, autocast_dtype))
-            cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps)
+            cached = cached_decoder.CachedDecoder(model.decoder, encoder_out, steps, int8=int8)
             return _NewestTokenSteps(cached.step, cached.reorder)
         _log_fallback(reason)
-    return _FairseqSteps(model, encoder_out)
+    return _FairseqSteps(model, encoder_out, int8)
+
+
+def reorder_encoder_out(model, encoder_out: dict, rows: Tensor) -> dict:
+    """The ``rows`` of a fairseq encoder output, detached (e.g. the training forward's, for rollouts)."""
+    detached = utils.apply_to_sample(lambda t: t.detach(), encoder_out)
+    return model.encoder.reorder_encoder_out(detached, rows)
 
 
 def mix_prefixes(gold_prev: Tensor, rollouts: Tensor, rows: Tensor, eos: int, pad: int) -> Tensor:

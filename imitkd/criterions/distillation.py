@@ -35,9 +35,11 @@ from ..beta import SCHEDULES, BetaSchedule
 from ..ctc import check_ctc_head, transcript_ctc_loss
 from ..data import CTC_INPUT, EXPERT_INPUT
 from ..errors import ImitKDError
-from ..expert import Expert, SourceEncoder, check_same_dictionary
+from ..expert import Expert
+from ..expert_checks import check_same_dictionary
 from ..losses import kd_cross_entropy
-from ..rollout import DECODINGS, length_caps, mix_prefixes, student_rollout
+from ..rollout import DECODINGS, length_caps, mix_prefixes, reorder_encoder_out, student_rollout
+from ..text_encoding import SourceEncoder
 
 
 def _flag(default, help_text):
@@ -63,7 +65,8 @@ class DistillationConfig(FairseqDataclass):
         None, "expert source pre-tokenizer: moses, space or none (default: what the checkpoint recorded)")
     expert_source_lang: str = _flag("en", "language of the expert's source (moses tokenizer)")
     expert_dtype: ChoiceEnum(precision.CHOICES) = _flag(
-        "auto", "precision of the expert; auto: bf16 on GPUs and CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+        "auto", "precision of the expert; int8: int8 linear layers, fp32 elsewhere (x86 CPUs); auto: bf16 on GPUs "
+                "and CPUs with native bf16 (AVX512-BF16/AMX), int8 on other x86 CPUs, else fp32")
     # beta schedule
     beta: float = _flag(
         1.0, "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)")
@@ -80,12 +83,17 @@ class DistillationConfig(FairseqDataclass):
     rollout_topk: int = _flag(0, "sampling rollouts: keep the k best tokens (0 = all)")
     rollout_temperature: float = _flag(1.0, "sampling rollouts: softmax temperature (> 0)")
     rollout_dtype: ChoiceEnum(precision.CHOICES) = _flag(
-        "auto", "autocast precision of the rollouts' encoder pass (and, on GPUs, decoding); auto: bf16 where "
-                "native, else fp32. fp32 rollouts equal fairseq's SequenceGenerator")
+        "auto", "precision of the rollouts: bf16/fp16 autocast of the encoder pass (and, on GPUs, decoding); int8: "
+                "int8 copies of the student's current linear weights (x86 CPUs); auto: bf16 where native, int8 on "
+                "other x86 CPUs, else fp32. fp32 rollouts equal fairseq's SequenceGenerator")
     rollout_decoding: ChoiceEnum(list(DECODINGS)) = _flag(
         "cached", "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's "
                   "decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), "
                   "fairseq (the decoder's incremental_state)")
+    rollout_encoder: ChoiceEnum(["own", "training"]) = _flag(
+        "own", "the encoder output rollouts decode from: own (an eval-mode encoder pass of their own, as fairseq's "
+               "SequenceGenerator) or training (the training forward's, detached, dropout included: one encoder "
+               "pass less per update; single process only)")
     rollout_max_len_a: float = _flag(1.5, "rollout cap per sentence: a·gold_len + b tokens (a >= 0)")
     rollout_max_len_b: int = _flag(5, "rollout cap per sentence: a·gold_len + b tokens (b >= 0)")
     # loss
@@ -154,8 +162,7 @@ class DistillationCriterion(FairseqCriterion):
             if self.student_reads == "text" or not hasattr(task, "attach_text_input"):
                 raise ImitKDError(f"--ctc-weight: criterion {self.registered_name} needs --task speech_to_text_kd "
                                   "and a speech student (the CTC loss is on its encoder)")
-            task.attach_text_input(CTC_INPUT, cfg.ctc_src_column, task.target_text_encoder(),
-                                   needed_by="--ctc-weight")
+            task.attach_text_input(CTC_INPUT, "--ctc-weight", column=cfg.ctc_src_column)
         self.expert = self._load_expert(task, cfg) if self.expert_reads else None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -175,7 +182,7 @@ class DistillationCriterion(FairseqCriterion):
                                   "manifest's transcript column)")
             encoder = SourceEncoder.build(expert.source_dictionary, stored_cfg, cfg.expert_tokenizer, cfg.expert_bpe,
                                           cfg.bpe_codes, cfg.expert_sentencepiece_model, cfg.expert_source_lang)
-            task.attach_text_input(EXPERT_INPUT, task.args.expert_src_column, encoder, needed_by=f"criterion {name}")
+            task.attach_text_input(EXPERT_INPUT, f"criterion {name}", encoder=encoder)  # --expert-src-column
         return expert
 
     # -- training / validation --------------------------------------------------------------------
@@ -189,6 +196,12 @@ class DistillationCriterion(FairseqCriterion):
         prev, rollout_tokens = gold_prev, 0
         if self.rollouts and beta < 1.0:
             rows = (torch.rand(bsz, device=target.device) >= beta).nonzero().squeeze(1)
+        encoder_out = None  # --rollout-encoder training: the training forward's encoder pass, run first
+        if rows.numel() > 0 and self.cfg.rollout_encoder == "training":
+            if hasattr(model, "module"):
+                raise ImitKDError("--rollout-encoder training calls the student's encoder and decoder outside its "
+                                  "(distributed) wrapper; use --rollout-encoder own")
+            encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
         if rows.numel() > 0:
             encoder_dtype, decoder_dtype = precision.rollout_autocast(
                 self.cfg.rollout_dtype, target.device, next(model.parameters()).dtype)
@@ -197,13 +210,17 @@ class DistillationCriterion(FairseqCriterion):
                 length_caps(sample["target_lengths"][rows], self.cfg.rollout_max_len_a, self.cfg.rollout_max_len_b),
                 self.eos, self.pad, sample=self.cfg.rollout == "sample", topk=self.cfg.rollout_topk,
                 temperature=self.cfg.rollout_temperature, encoder_dtype=encoder_dtype, decoder_dtype=decoder_dtype,
-                decoding=self.cfg.rollout_decoding)
+                decoding=self.cfg.rollout_decoding, int8=precision.int8(self.cfg.rollout_dtype, target.device),
+                encoder_out=None if encoder_out is None else reorder_encoder_out(model, encoder_out, rows))
             prev = mix_prefixes(gold_prev, rollouts, rows, self.eos, self.pad)
             rollout_tokens = rollouts.ne(self.pad).sum()
         is_gold_row = torch.ones(bsz, dtype=torch.bool, device=target.device)
         is_gold_row[rows] = False
 
-        net_output = model(**{**net_input, "prev_output_tokens": prev})
+        if encoder_out is None:
+            net_output = model(**{**net_input, "prev_output_tokens": prev})
+        else:
+            net_output = model.decoder(prev, encoder_out=encoder_out)
         logits = net_output[0]  # B×T×V
         expert_scores = self.expert.scores(*self._expert_input(sample), prev) if self.expert else None  # B×T×V
         gold = self._pad_to(target, prev.size(1))
