@@ -4,7 +4,6 @@
 ``run_mode`` times the updates (wall, process CPU, peak RSS or CUDA memory), ``run_child`` runs a mode
 in a forked child or in ``train_step.py --mode M --json``.
 """
-import csv
 import gc
 import json
 import statistics
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 from imitkd import precision
+from imitkd_data.manifest import read_manifest
 from imitkd.rollout import DECODINGS
 
 from bench_data import SIZES
@@ -133,8 +133,7 @@ def build(mode: str, o):
 
     ds = task.dataset("train")
     if name == "reference":  # the seed's batches carried the transcript strings (net_input["src_text"])
-        with open(data / "train.tsv", newline="") as f:
-            transcripts = [row["src_text"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        transcripts = [row["src_text"] for row in read_manifest(data / "train.tsv")]
     n_batches = o.warmup + o.steps
     batches = []
     for k in range(n_batches):
