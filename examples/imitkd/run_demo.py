@@ -124,19 +124,15 @@ PRESETS = {
         student_updates=500, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=100,
         beta_hold=250, transcribe_beam=4, log_interval=25, validate_every=100,
     ),
-    # the small corpus and models with about three times the compute (no time caps, so the result does not
-    # depend on the machine's load): the small run's limits were an ASR model and an expert that were still
-    # improving when stopped, and 500 student updates; medium adds SeqKD and ImitKD*
-    "medium": dict(
-        corpus="small", spm_vocab_size=1000, methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_text_pairs=ALL_PAIRS,
-        expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.2, expert_max_tokens=4096,
-        expert_lr=3e-3, expert_warmup=200, expert_updates=2800, expert_stop_hours=0,
-        enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5", max_tokens=20000,
-        asr_updates=3600, asr_stop_hours=0, asr_lr=3e-3, asr_warmup=250, asr_ctc_weight=0.5,
-        student_updates=1000, student_lr=2e-3, student_warmup=100, student_ctc_weight=0.3, encoder_freezing=200,
-        beta_hold=500, transcribe_beam=4, log_interval=50, validate_every=200,
-    ),
 }
+# the small corpus and models with about three times the compute (no time caps, so the result does not
+# depend on the machine's load): the small run's limits were an ASR model and an expert that were still
+# improving when stopped, and 500 student updates; medium adds SeqKD and ImitKD*
+PRESETS["medium"] = dict(
+    PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"),
+    expert_updates=2800, expert_stop_hours=0, asr_updates=3600, asr_stop_hours=0,
+    student_updates=1000, encoder_freezing=200, beta_hold=500, log_interval=50, validate_every=200,
+)
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
 
