@@ -67,6 +67,17 @@ def write_fairseq_dict(spm_model: Path, dict_path: Path) -> int:
     return len(pieces) - 4
 
 
+def _copy_in(src, out_dir: Path, what: str) -> Path:
+    """``src`` copied into ``out_dir`` (unless it is already there); fails naming ``what`` if it is missing."""
+    src = Path(src)
+    if not src.is_file():
+        raise DataPrepError(f"{what} not found: {src}")
+    dst = out_dir / src.name
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    return dst
+
+
 def setup_vocab(
     out_dir: Path,
     train_targets: Sequence[str],
@@ -79,19 +90,9 @@ def setup_vocab(
     out_dir = Path(out_dir)
     spm_model = None
     if bpe_from is not None:
-        bpe_from = Path(bpe_from)
-        if not bpe_from.is_file():
-            raise DataPrepError(f"--bpe-from: sentencepiece model not found: {bpe_from}")
-        spm_model = out_dir / bpe_from.name
-        if bpe_from.resolve() != spm_model.resolve():
-            shutil.copyfile(bpe_from, spm_model)
+        spm_model = _copy_in(bpe_from, out_dir, "--bpe-from: sentencepiece model")
     if vocab_from_dict is not None:
-        vocab_from_dict = Path(vocab_from_dict)
-        if not vocab_from_dict.is_file():
-            raise DataPrepError(f"--vocab-from-dict: dictionary not found: {vocab_from_dict}")
-        dict_path = out_dir / vocab_from_dict.name
-        if vocab_from_dict.resolve() != dict_path.resolve():
-            shutil.copyfile(vocab_from_dict, dict_path)
+        dict_path = _copy_in(vocab_from_dict, out_dir, "--vocab-from-dict: dictionary")
         if spm_model is None:
             logger.warning("--vocab-from-dict without --bpe-from: config.yaml gets no bpe_tokenizer (targets used as is)")
         return dict_path.name, spm_model
