@@ -51,11 +51,6 @@ def read_text_columns(root: str, splits: str, columns: List[Tuple[str, str]]) ->
     return texts
 
 
-def read_text_column(root: str, splits: str, column: str, needed_by: str) -> List[str]:
-    """One column of ``read_text_columns``."""
-    return read_text_columns(root, splits, [(column, needed_by)])[column]
-
-
 _CHECKED = set()  # (path, size, mtime) of manifests already checked in this process
 
 

@@ -28,14 +28,14 @@ def test_batch_carries_expert_tokens_in_batch_order_and_student_inputs_untouched
 
 def test_empty_transcript_cell_is_reported_with_file_and_row(tmp_path):
     import pytest
-    from imitkd.data import read_text_column
+    from imitkd.data import read_text_columns
     from imitkd.errors import ImitKDError
 
     (tmp_path / "train.tsv").write_text("id\taudio\tn_frames\ttgt_text\tsrc_text\n"
                                         "a\tx.npy\t5\thallo\thello\nb\ty.npy\t5\twelt\t \n")
     with pytest.raises(ImitKDError, match=r"train\.tsv: row 3 \(id=b\) has an empty 'src_text'"):
-        read_text_column(str(tmp_path), "train", "src_text", "criterion imit_kd_CE")
-    assert read_text_column(str(tmp_path), "train", "tgt_text", "x") == ["hallo", "welt"]
+        read_text_columns(str(tmp_path), "train", [("src_text", "criterion imit_kd_CE")])
+    assert read_text_columns(str(tmp_path), "train", [("tgt_text", "x")]) == {"tgt_text": ["hallo", "welt"]}
 
 
 
