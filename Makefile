@@ -22,11 +22,13 @@ system-deps:
 
 setup: $(VENV)/.installed system-deps
 
+# TEST_WORKERS pytest-xdist workers (one per core), each test's torch (and the CLIs it runs) on one thread
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 demo: setup
 	$(PY) examples/imitkd/run_demo.py --size small --out demo
