@@ -164,3 +164,28 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     runs = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
                                   if k.startswith(("expert", "asr", "student")))
+
+
+def test_int8_training_check_refuses_bad_arguments_in_one_line(tmp_path):
+    """examples/imitkd/int8_training_check.py (benchmarks/README.md's training check) names what is wrong."""
+    script = REPO / "examples" / "imitkd" / "int8_training_check.py"
+
+    def check(*args):
+        out = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "o"), *map(str, args)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        return out.stderr.strip().splitlines()[-1]
+
+    assert check("--demo", tmp_path / "none", "--runs", "fp32:1") == (
+        f"error: {(tmp_path / 'none').resolve() / 'asr' / 'checkpoint_best.pt'} not found: run run_demo.py --size medium "
+        f"--out {tmp_path / 'none'} first")
+    demo_dir = tmp_path / "demo"
+    for f in ("asr/checkpoint_best.pt", "expert/checkpoint_best.pt", "corpus/dev.tsv"):
+        (demo_dir / f).parent.mkdir(parents=True, exist_ok=True)
+        (demo_dir / f).write_text("")
+    assert check("--demo", demo_dir, "--runs", "bf16:1") == (
+        "error: unknown setting 'bf16' in --runs (fp32 or int8, optionally +train-enc)")
+    assert check("--demo", demo_dir, "--runs", "int8:x") == "error: --runs entry int8:x needs an integer seed"
+    assert check("--demo", demo_dir, "--runs", "int8:1", "--fork", 600) == (
+        "error: --fork 600 must be within the β hold (1..500 updates; --hold)")
+    assert not (tmp_path / "o").exists()

@@ -598,21 +598,25 @@ def _generated_manifest(src: Path, out: Path, flags, clock):
 TRAIN_SUBSETS = {"gold": "train", "asr": "train_kdt", "seqkd": "train_seqkd"}
 
 
-def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock) -> dict:
-    updates = P["student_updates"]
-    sdir = args.out / "students" / method.key
+def student_cmd(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, save_dir: Path):
+    """The fairseq-train command of a student: encoder from the ASR model, CTC on the transcript."""
     cmd = s2t_cmd(args, P, corpus, TRAIN_SUBSETS[method.data], "dev", P["student_lr"], P["student_warmup"],
-                  updates, sdir)
+                  P["student_updates"], save_dir)
     cmd += ["--load-pretrained-encoder-from", asr_ckpt, "--encoder-freezing-updates", P["encoder_freezing"],
             "--ctc-weight", P["student_ctc_weight"], "--criterion", method.criterion, *method.extra]
-    deps = [asr_ckpt.parent / "done.json"]
     if method.criterion != "nll":
         cmd += ["--expert", expert_ckpt, "--path", args.out / "expert-bin",
                 "--expert-sentencepiece-model", corpus / "spm_joint.model"]
-        deps.append(expert_ckpt.parent / "done.json")
     if method.imitation and P["beta_hold"]:
         cmd += ["--beta-hold-updates", P["beta_hold"]]
-    rec = train_run(args, clock, sdir, cmd, f"student {method.key}", updates, deps)
+    return cmd
+
+
+def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock) -> dict:
+    sdir = args.out / "students" / method.key
+    cmd = student_cmd(args, P, corpus, expert_ckpt, asr_ckpt, method, sdir)
+    deps = [asr_ckpt.parent / "done.json"] + ([expert_ckpt.parent / "done.json"] if method.criterion != "nll" else [])
+    rec = train_run(args, clock, sdir, cmd, f"student {method.key}", P["student_updates"], deps)
     return dict(rec, criterion=method.criterion)
 
 
@@ -763,7 +767,11 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    import torch
+    from imitkd import precision
+
+    auto = precision.describe("auto", torch.device("cpu"))
+    return f"{cpu}, {os.cpu_count()} cores, expert and rollouts in {auto} (`--expert-dtype/--rollout-dtype auto` here)"
 
 
 def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds):

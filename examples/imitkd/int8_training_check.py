@@ -1,0 +1,126 @@
+"""Does a cheaper expert or rollout change what ImitKD-full learns? A training check in a stable regime.
+
+It reuses a finished demo run (``run_demo.py --size medium --out DIR``: its corpus, ASR model and expert).
+The demo's ImitKD-full student is trained to update ``--fork`` with β = 1, which is exactly what the demo's
+own run does while β is held (``--fork`` must not exceed the hold). From there the same run is continued to
+the demo's last update once per setting, with β decaying after the hold as in the demo. fairseq restores the
+model, optimizer, scheduler and data position, and ``--seed`` changes dropout and batch order from the fork
+on. For each setting it reports dev NLL (bits, gold prefixes) at every validation, and dev BLEU, chrF and
+distinct outputs of the last checkpoint (beam 5)::
+
+    python examples/imitkd/int8_training_check.py --demo demo-medium --size medium \\
+        --runs fp32:2,int8:1,int8+train-enc:1,int8+train-enc:2 --out int8-check
+
+Settings: ``fp32`` and ``int8`` (``--expert-dtype`` and ``--rollout-dtype``), optionally with ``+train-enc``
+(``--rollout-encoder training``). Every run goes in its own lane, one thread each. A run that has
+``result.json`` is skipped, so rerunning the same command resumes the check.
+"""
+import argparse
+import concurrent.futures
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import run_demo as demo
+
+SETTINGS = {"fp32": ["--expert-dtype", "fp32", "--rollout-dtype", "fp32"],
+            "int8": ["--expert-dtype", "int8", "--rollout-dtype", "int8"]}
+TRAIN_ENC = "+train-enc"
+
+
+def setting_flags(name: str):
+    base, _, rest = name.partition("+")
+    if base not in SETTINGS or rest not in ("", TRAIN_ENC[1:]):
+        raise SystemExit(f"error: unknown setting {name!r} in --runs (fp32 or int8, optionally +train-enc)")
+    return SETTINGS[base] + (["--rollout-encoder", "training"] if rest else [])
+
+
+def _set(cmd, flag, value):
+    cmd[cmd.index(flag) + 1] = str(value)
+    return cmd
+
+
+def run(cmd, log: Path):
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(" ".join(map(str, cmd)) + "\n")
+        f.flush()
+        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=demo._env(1)).returncode
+    if rc:
+        raise SystemExit(f"error: {cmd[0]} failed (exit {rc}): see {log}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--demo", type=Path, required=True, help="a finished run_demo.py --out directory")
+    p.add_argument("--size", default="medium", choices=sorted(demo.PRESETS), help="its --size")
+    p.add_argument("--runs", required=True, help="comma-separated SETTING:SEED, e.g. fp32:2,int8:1")
+    p.add_argument("--fork", type=int, default=400, help="update at which the settings part (≤ the β hold)")
+    p.add_argument("--updates", type=int, help="student updates (default: the preset's)")
+    p.add_argument("--hold", type=int, help="β hold in updates (default: the preset's)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--lanes", type=int, default=2)
+    opts = p.parse_args(argv)
+
+    args = demo.get_parser().parse_args(["--size", opts.size, "--out", str(opts.demo)])
+    args.out, args.corpus = opts.demo.resolve(), opts.demo.resolve() / "corpus"
+    P = dict(demo.PRESETS[opts.size])
+    P.update({k: v for k, v in (("student_updates", opts.updates), ("beta_hold", opts.hold)) if v is not None})
+    asr, expert = args.out / "asr" / "checkpoint_best.pt", args.out / "expert" / "checkpoint_best.pt"
+    for f in (asr, expert, args.corpus / "dev.tsv"):
+        if not f.is_file():
+            raise SystemExit(f"error: {f} not found: run run_demo.py --size {opts.size} --out {opts.demo} first")
+    if not 0 < opts.fork <= P["beta_hold"]:
+        raise SystemExit(f"error: --fork {opts.fork} must be within the β hold (1..{P['beta_hold']} updates; --hold)")
+    runs = [r.partition(":") for r in opts.runs.split(",")]
+    for name, _, seed in runs:
+        setting_flags(name)
+        if not seed.isdigit():
+            raise SystemExit(f"error: --runs entry {name}:{seed} needs an integer seed")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    method = demo.METHODS["imit_kd_CE"]
+
+    def cmd(save_dir: Path):
+        return demo.student_cmd(args, P, args.corpus, expert, asr, method, save_dir)
+
+    fork = opts.out / "fork" / "checkpoint_last.pt"
+    if not fork.is_file():  # β = 1 up to the fork: the demo's hold, without the decay it sets up
+        c = _set(cmd(opts.out / "fork"), "--max-update", opts.fork)
+        i = c.index("--beta-hold-updates")
+        c[i:i + 2] = ["--beta-schedule", "constant"]
+        print(f"training the fork ({opts.fork} updates, fp32)", flush=True)
+        run(c + SETTINGS["fp32"], opts.out / "fork.log")
+
+    refs = [r["tgt_text"] for r in demo.read_manifest(args.corpus / "dev.tsv")]
+
+    def one(name: str, seed: str) -> dict:
+        d = opts.out / f"{name}_s{seed}"
+        if (d / "result.json").is_file():
+            return json.loads((d / "result.json").read_text())
+        d.mkdir(exist_ok=True)
+        run(_set(cmd(d), "--seed", seed) + ["--restore-file", fork, *setting_flags(name)], d / "train.log")
+        gen = [demo._exe("imitkd-generate"), args.corpus, "--task", "speech_to_text_kd", "--config-yaml",
+               demo.model_config(args, args.corpus), "--gen-subset", "dev", "--path", d / "checkpoint_last.pt",
+               *demo.gen_common(args)]
+        out = subprocess.run([str(c) for c in gen], capture_output=True, text=True, env=demo._env(1))
+        (d / "dev.log").write_text(out.stdout + out.stderr, encoding="utf-8")
+        hyps = demo.parse_hypotheses(out.stdout, len(refs), d / "dev.log")
+        _, dev = demo.curves(d / "train.log")
+        rec = dict(setting=name, seed=int(seed), dev_nll={r["update"]: r["nll"] for r in dev},
+                   distinct=len(set(hyps)), **demo.score(hyps, refs))
+        (d / "result.json").write_text(json.dumps(rec), encoding="utf-8")
+        return rec
+
+    with concurrent.futures.ThreadPoolExecutor(opts.lanes) as ex:
+        results = list(ex.map(lambda r: one(r[0], r[2]), runs))
+    print("| setting | seed | dev NLL (bits) by update | dev BLEU | dev chrF | distinct |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in results:
+        nll = " / ".join(f"{u}: {v:.3f}" for u, v in sorted((int(u), v) for u, v in r["dev_nll"].items()))
+        print(f"| {r['setting']} | {r['seed']} | {nll} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['distinct']}/{len(refs)} |")
+    (opts.out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
