@@ -26,11 +26,13 @@ def toy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_student(toy) -> Path:
-    """A student trained with word_kd through the CLI (also used as a *speech* expert)."""
+    """A student trained with word_kd through the CLI (also used as a *speech* expert), with an fp32 expert:
+    the same student on every machine (``auto`` means bf16 or int8 on some CPUs)."""
     ckpt = toy / "student_kd" / "checkpoint_best.pt"
     with _exclusive(toy):
         if not ckpt.is_file():
-            toydata.run("imitkd-train", *toydata.student_train_args(toy, "word_kd", toy / "student_kd", 200))
+            toydata.run("imitkd-train", *toydata.student_train_args(toy, "word_kd", toy / "student_kd", 200,
+                                                                     ["--expert-dtype", "fp32"]))
     return ckpt
 
 
