@@ -141,6 +141,7 @@ def batch_of(task, indices, split="train"):
 PAUSE_IN_WRITE = """
 import os, signal, sys, time
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, also when the tests run under nohup
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also in a background job (where SIGINT is ignored)
 sys.path.insert(0, sys.argv[1])
 import create_wmt19_generated_dataset as gd
 def fsync(fd):
