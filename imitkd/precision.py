@@ -6,9 +6,10 @@ does bf16 matrix products natively — CUDA GPUs that support bf16, and CPUs wit
 fp32 elsewhere, where bf16 would be emulated and slower. Neither choice touches the student's
 training forward or its gradients. Timings: benchmarks/README.md ("Where the time goes").
 
-``int8`` (and ``auto`` on x86 CPUs without native bf16, e.g. AVX2-only ones, where it makes a β = 0 update
-≈ 15 % cheaper and left a medium-size ImitKD run's dev NLL within seed noise, see benchmarks/README.md)
-keeps activations in fp32 but multiplies by int8 copies of the weights of every ``nn.Linear``: torch's dynamic quantisation
+``int8`` (opt-in; ``auto`` never picks it: on an AVX2 CPU it cost a medium ImitKD run ≤ 0.02 bits of dev
+NLL, within seed noise, but its speed-up of a β = 0 update measured 14 % in one quiet run and 2 % in
+another; benchmarks/README.md) keeps activations in fp32
+but multiplies by int8 copies of the weights of every ``nn.Linear``: torch's dynamic quantisation
 (``quantize_dynamic``'s scheme — symmetric int8 weights, activations quantised per call, fbgemm
 kernels — written out here so that no module is copied). The frozen expert is quantised once (one
 scale per output channel); a rollout re-quantises the student's current weights (one scale per tensor,
@@ -54,12 +55,12 @@ def int8_available() -> bool:
 
 
 def int8(flag: str, device: torch.device) -> bool:
-    """Whether ``flag`` means int8 linear layers on ``device``: ``int8``, or ``auto`` on a CPU without
-    native bf16 that has fbgemm. Raises ImitKDError for ``int8`` off an x86 CPU with fbgemm."""
+    """Whether ``flag`` means int8 linear layers on ``device`` (only ``int8`` does, never ``auto``). Raises
+    ImitKDError for ``int8`` off an x86 CPU with fbgemm."""
     if flag == INT8 and (device.type != "cpu" or not int8_available()):
         raise ImitKDError(f"int8 (--expert-dtype/--rollout-dtype) runs on x86 CPUs with fbgemm, not on {device}; "
                           "use bf16 or fp32")
-    return flag == INT8 or (flag == "auto" and device.type == "cpu" and not native_bf16(device) and int8_available())
+    return flag == INT8
 
 
 def describe(flag: str, device: torch.device) -> str:

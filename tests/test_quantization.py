@@ -1,5 +1,5 @@
-"""int8 linear layers (``--expert-dtype int8``, ``--rollout-dtype int8``; ``auto`` on x86 CPUs without
-native bf16): the scheme is torch's dynamic quantisation, greedy rollouts and the expert's next-token
+"""int8 linear layers (``--expert-dtype int8``, ``--rollout-dtype int8``, opt-in on x86 CPUs with fbgemm;
+``auto`` never picks them): the scheme is torch's dynamic quantisation, greedy rollouts and the expert's next-token
 distributions stay close to fp32, the rollouts track the student's current weights, and the flags."""
 import pytest
 import torch
@@ -129,18 +129,18 @@ def test_int8_expert_distribution_within_kl(toy, trained):
     assert same / total >= MIN_AGREEMENT
 
 
-def test_auto_is_int8_only_on_cpus_without_native_bf16(monkeypatch):
+def test_auto_never_picks_int8(monkeypatch):
+    """int8 is opt-in: short ImitKD runs did not show dev NLL unchanged (benchmarks/README.md)."""
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-        assert precision.int8("auto", cpu) is (not native)
+        assert not precision.int8("auto", cpu)
         assert precision.resolve("auto", cpu) == (torch.bfloat16 if native else torch.float32)
         assert precision.int8("int8", cpu) and precision.resolve("int8", cpu) == torch.float32
         assert not precision.int8("fp32", cpu) and not precision.int8("bf16", cpu)
-        assert precision.describe("auto", cpu) == ("bf16" if native else "int8 linear layers (fp32 elsewhere)")
+        assert precision.describe("auto", cpu) == ("bf16" if native else "fp32")
         assert precision.describe("int8", cpu) == "int8 linear layers (fp32 elsewhere)"
     monkeypatch.setattr(precision, "int8_available", lambda: False)
-    assert not precision.int8("auto", cpu)  # a CPU without fbgemm: fp32
     with pytest.raises(ImitKDError, match="int8"):
         precision.int8("int8", cpu)
 

@@ -66,7 +66,7 @@ class DistillationConfig(FairseqDataclass):
     expert_source_lang: str = _flag("en", "language of the expert's source (moses tokenizer)")
     expert_dtype: ChoiceEnum(precision.CHOICES) = _flag(
         "auto", "precision of the expert; int8: int8 linear layers, fp32 elsewhere (x86 CPUs); auto: bf16 on GPUs "
-                "and CPUs with native bf16 (AVX512-BF16/AMX), int8 on other x86 CPUs, else fp32")
+                "and CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     # beta schedule
     beta: float = _flag(
         1.0, "β: probability of keeping the gold prefix; initial value of the schedule (or the constant)")
@@ -84,8 +84,8 @@ class DistillationConfig(FairseqDataclass):
     rollout_temperature: float = _flag(1.0, "sampling rollouts: softmax temperature (> 0)")
     rollout_dtype: ChoiceEnum(precision.CHOICES) = _flag(
         "auto", "precision of the rollouts: bf16/fp16 autocast of the encoder pass (and, on GPUs, decoding); int8: "
-                "int8 copies of the student's current linear weights (x86 CPUs); auto: bf16 where native, int8 on "
-                "other x86 CPUs, else fp32. fp32 rollouts equal fairseq's SequenceGenerator")
+                "int8 copies of the student's current linear weights (x86 CPUs); auto: bf16 where native, else "
+                "fp32. fp32 rollouts equal fairseq's SequenceGenerator")
     rollout_decoding: ChoiceEnum(list(DECODINGS)) = _flag(
         "cached", "rollout decoding: cached (preallocated key/value cache, one-token steps; equals fairseq's "
                   "decoding), cuda-graph (the same step replayed as a CUDA graph on GPUs; cached elsewhere), "
