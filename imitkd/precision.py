@@ -6,9 +6,8 @@ does bf16 matrix products natively — CUDA GPUs that support bf16, and CPUs wit
 fp32 elsewhere, where bf16 would be emulated and slower. Neither choice touches the student's
 training forward or its gradients. Timings: benchmarks/README.md ("Where the time goes").
 
-``int8`` (opt-in; ``auto`` never picks it: on an AVX2 CPU it cost a medium ImitKD run ≤ 0.02 bits of dev
-NLL, within seed noise, but its speed-up of a β = 0 update measured 14 % in one quiet run and 2 % in
-another; benchmarks/README.md) keeps activations in fp32
+``int8`` (opt-in; ``auto`` never picks it: its speed-up on AVX2 CPUs did not reproduce between quiet runs,
+see benchmarks/README.md for that and its training checks) keeps activations in fp32
 but multiplies by int8 copies of the weights of every ``nn.Linear``: torch's dynamic quantisation
 (``quantize_dynamic``'s scheme — symmetric int8 weights, activations quantised per call, fbgemm
 kernels — written out here so that no module is copied). The frozen expert is quantised once (one
