@@ -27,7 +27,7 @@ def toy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_student(toy) -> Path:
     """A student trained with word_kd through the CLI (also used as a *speech* expert), with an fp32 expert:
-    the same student on every machine (``auto`` means bf16 or int8 on some CPUs)."""
+    the same student on every machine (``auto`` means bf16 on GPUs and some CPUs)."""
     ckpt = toy / "student_kd" / "checkpoint_best.pt"
     with _exclusive(toy):
         if not ckpt.is_file():

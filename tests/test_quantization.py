@@ -130,7 +130,7 @@ def test_int8_expert_distribution_within_kl(toy, trained):
 
 
 def test_auto_never_picks_int8(monkeypatch):
-    """int8 is opt-in: short ImitKD runs did not show dev NLL unchanged (benchmarks/README.md)."""
+    """int8 is opt-in: its speed-up on an AVX2 CPU did not reproduce between quiet runs (benchmarks/README.md)."""
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)

@@ -26,14 +26,14 @@ import run_demo as demo
 
 SETTINGS = {"fp32": ["--expert-dtype", "fp32", "--rollout-dtype", "fp32"],
             "int8": ["--expert-dtype", "int8", "--rollout-dtype", "int8"]}
-TRAIN_ENC = "+train-enc"
+SUFFIXES = {"": [], "train-enc": ["--rollout-encoder", "training"]}
 
 
 def setting_flags(name: str):
-    base, _, rest = name.partition("+")
-    if base not in SETTINGS or rest not in ("", TRAIN_ENC[1:]):
+    base, _, suffix = name.partition("+")
+    if base not in SETTINGS or suffix not in SUFFIXES:
         raise SystemExit(f"error: unknown setting {name!r} in --runs (fp32 or int8, optionally +train-enc)")
-    return SETTINGS[base] + (["--rollout-encoder", "training"] if rest else [])
+    return SETTINGS[base] + SUFFIXES[suffix]
 
 
 def _set(cmd, flag, value):
@@ -99,9 +99,7 @@ def main(argv=None) -> int:
             return json.loads((d / "result.json").read_text())
         d.mkdir(exist_ok=True)
         run(_set(cmd(d), "--seed", seed) + ["--restore-file", fork, *setting_flags(name)], d / "train.log")
-        gen = [demo._exe("imitkd-generate"), args.corpus, "--task", "speech_to_text_kd", "--config-yaml",
-               demo.model_config(args, args.corpus), "--gen-subset", "dev", "--path", d / "checkpoint_last.pt",
-               *demo.gen_common(args)]
+        gen = demo.student_generate_cmd(args, "dev", d / "checkpoint_last.pt")
         out = subprocess.run([str(c) for c in gen], capture_output=True, text=True, env=demo._env(1))
         (d / "dev.log").write_text(out.stdout + out.stderr, encoding="utf-8")
         hyps = demo.parse_hypotheses(out.stdout, len(refs), d / "dev.log")

@@ -668,13 +668,17 @@ def evaluate_expert(args, clock, expert_ckpt: Path) -> dict:
     return evaluate(args, clock, "expert", "test", cmd, refs, [_done_key(expert_ckpt.parent / "done.json")])
 
 
+def student_generate_cmd(args, split: str, ckpt: Path):
+    """fairseq-generate of a student checkpoint on the speech of ``split`` (beam 5). The data config's
+    bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process."""
+    return [_exe("imitkd-generate"), args.corpus, "--task", "speech_to_text_kd", "--config-yaml",
+            model_config(args, args.corpus), "--gen-subset", split, "--path", ckpt, *gen_common(args)]
+
+
 def evaluate_student(args, clock, key: str, split: str, train_key: str) -> dict:
     """A student translating the speech of ``split`` (beam 5)."""
     refs = [r["tgt_text"] for r in read_manifest(args.corpus / f"{split}.tsv")]
-    # the data config's bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process
-    cmd = [_exe("imitkd-generate"), args.corpus, "--task", "speech_to_text_kd", "--config-yaml",
-           model_config(args, args.corpus), "--gen-subset", split,
-           "--path", args.out / "students" / key / "checkpoint_best.pt", *gen_common(args)]
+    cmd = student_generate_cmd(args, split, args.out / "students" / key / "checkpoint_best.pt")
     return evaluate(args, clock, key, split, cmd, refs, [train_key])
 
 
