@@ -65,6 +65,13 @@ def test_missing_corpus_is_one_line_error(tmp_path):
     assert len(errors) == 1 and "train.tsv missing" in errors[0] and "Traceback" not in out.stdout
 
 
+def test_unknown_decoding_is_one_line_error(tmp_path):
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--decodings", "beam5,beam9", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --decodings: unknown beam9 (choose from beam5, beam5-lenpen2, greedy)"]
+
+
 def test_missing_espeak_is_one_line_error(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -86,7 +93,7 @@ def ddtp_ci(tmp_path_factory):
 def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     out_dir = tmp_path / "demo"
     args = ["--size", "ci", "--out", out_dir, "--corpus", ddtp_ci, "--expert-updates", 30, "--asr-updates", 20,
-            "--student-updates", 12, "--max-len", 40]
+            "--student-updates", 12, "--max-len", 40, "--decodings", "beam5,greedy"]
     first = run_demo(*args)
     assert first.returncode == 0, first.stdout[-5000:]
     log = first.stdout
@@ -102,6 +109,7 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         assert 0 <= bleu <= 100 and 0 <= chrf <= 100 and 0 <= bleu_u <= 100 and 0 <= chrf_u <= 100
         p_test, p_unseen = rows[method][4:6]
         assert (p_test, p_unseen) == ("–", "–") if method.startswith("NLL") else 0 <= float(p_test) <= 1
+        assert re.fullmatch(r"(beam5|greedy) \([\d.]+\)", rows[method][6])  # the decoding chosen on dev
         assert re.fullmatch(r"\d+:\d\d", rows[method][-1])  # train time
     assert any(k.startswith("expert") for k in rows)
     assert re.search(r"WER [\d.]+ % on test, [\d.]+ % on test_unseen", md)
@@ -136,15 +144,25 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     wkd_train, _ = demo_module().curves(students / "word_kd" / "train.log")
     assert {r["beta"] for r in wkd_train} == {1.0}
 
-    # every test sentence was translated, by every student and by the expert
+    # every test sentence was translated, by every student and by the expert; each student decoded dev
+    # both ways, test with the decoding of its best dev BLEU (beam 5 on a tie) and with beam 5
     n_test = len((ddtp_ci / "test.tsv").read_text(encoding="utf-8").splitlines()) - 1
     assert n_test == 20
-    for system in KEYS:
+    evals = out_dir / "eval"
+    for row in results["rows"]:
+        key, dev = row["key"], row["dev_bleu"]
+        for decoding, stem in (("beam5", key), ("greedy", f"{key}.greedy")):
+            assert json.loads((evals / f"{stem}.dev.json").read_text())["bleu"] == dev[decoding]
+        assert row["decoding"] == ("greedy" if dev["greedy"] > dev["beam5"] else "beam5")
+        chosen = key if row["decoding"] == "beam5" else f"{key}.{row['decoding']}"
         for split in ("test", "test_unseen"):
-            hyps = (out_dir / "eval" / f"{system}.{split}.hyp").read_text(encoding="utf-8").splitlines()
+            hyps = (evals / f"{chosen}.{split}.hyp").read_text(encoding="utf-8").splitlines()
             assert len(hyps) == n_test
-            assert json.loads((out_dir / "eval" / f"{system}.{split}.json").read_text())["n"] == n_test
+            scores = json.loads((evals / f"{chosen}.{split}.json").read_text())
+            assert scores["n"] == n_test and row[f"bleu_{split}"] == scores["bleu"]
             assert "\u2581" not in "".join(hyps)  # detokenized
+        assert json.loads((evals / f"{key}.test.json").read_text())["bleu"] == row["bleu_test_beam5"]
+        assert rows[row["method"]][7] == f"{row['bleu_test_beam5']:.2f}"
     assert len((out_dir / "eval" / "expert.test.hyp").read_text(encoding="utf-8").splitlines()) == n_test
 
     # progress: a line per stage with elapsed time, and training progress lines
@@ -152,7 +170,7 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert re.search(r"^\[\d\d:\d\d\]\s+\[student imit_kd_CE\] update \d+/12 loss .*beta", log, re.M)
     timings = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert set(timings[-1]["stages"]) >= {"corpus", "expert", "asr", "transcripts", "student imit_kd_CE", "report"}
-    assert re.search(r"^\[\d\d:\d\d\]\s+\[decoding: imit_kd_CE on test_unseen\] done in", log, re.M)
+    assert re.search(r"^\[\d\d:\d\d\]\s+\[decoding: imit_kd_CE(\.greedy)? on test_unseen\] done in", log, re.M)
 
     # resumable: the same command again skips every stage and reproduces the table
     png_mtime = (out_dir / "demo.png").stat().st_mtime

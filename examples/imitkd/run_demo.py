@@ -23,9 +23,11 @@ cores, without a GPU or any download but Debian's package index:
    (``--load-pretrained-encoder-from``, frozen for ``--encoder-freezing-updates``) and keeps a CTC
    loss on the transcript; then NLL, word-level KD, ImitKD-full, ImitKD-optimal, KDT and ImitKDT
    (medium adds SeqKD and ImitKD*), with the same updates and seed;
-6. **evaluation**: beam search (beam 5) on ``test`` and ``test_unseen`` (the same sentences spoken by
-   held-out voices), detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values
-   (sacrebleu, 1000 resamples) of every method against NLL and of ImitKD-full against word-KD;
+6. **evaluation**: each student decodes ``dev`` with every decoding of ``--decodings`` (beam 5, beam 5
+   with length penalty 2, greedy) and is scored on ``test`` and ``test_unseen`` (the same sentences
+   spoken by held-out voices) with the one that has its best dev BLEU, and with beam 5 for reference;
+   detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values (sacrebleu, 1000
+   resamples) of every method against NLL and of ImitKD-full against word-KD;
 7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss curves
    of the ASR model and every student, BLEU bars).
 
@@ -41,7 +43,8 @@ Layout of ``--out``::
     expert/ asr/            checkpoint_best.pt, train.log, done.json
     transcripts/            ASR and expert fairseq-generate logs, wer.json
     students/<method>/      checkpoint_best.pt, train.log, done.json
-    eval/<system>.<split>.json, .hyp   scores and detokenized hypotheses (one per line, in test order)
+    eval/<system>.<split>.json, .hyp   scores and detokenized hypotheses (one per line, in test order);
+                            <system> is the student's key (beam 5) or <key>.<decoding>
     results.md results.json demo.png timings.json
 
 Needs espeak-ng (``apt-get install -y espeak-ng``) and, once, Debian's package index (the DDTP
@@ -74,6 +77,12 @@ DATASET_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.
 VENV_BIN = Path(sys.executable).parent
 TEST_SPLITS = ("test", "test_unseen")
 ALL_PAIRS = -1  #: expert_text_pairs: the whole DDTP train pool
+#: how a student may decode (fairseq-generate --beam/--lenpen); every one in --decodings is tried on dev
+#: and the one with the best dev BLEU (the first on a tie) decodes test. ImitKD trains on the student's
+#: greedy prefixes, and its students' beam-5 outputs were the shortest of the medium run (length ratio
+#: 0.71 vs NLL's 0.82), so greedy and a length bonus are tried; Lin et al. (2020) report greedy decoding.
+DECODINGS = {"beam5": dict(beam=5, lenpen=1.0), "beam5-lenpen2": dict(beam=5, lenpen=2.0), "greedy": dict(beam=1, lenpen=1.0)}
+REFERENCE_DECODING = "beam5"  #: also decodes test, for the table's fixed-decoding column
 
 
 class Method:
@@ -532,8 +541,9 @@ def generate(args, clock, cmd, log: Path, key: str, label: str) -> Path:
     return log
 
 
-def gen_common(args, beam=5):
-    return ["--beam", str(beam), "--max-tokens", "50000", "--cpu", "--num-workers", "0",
+def gen_common(args, beam=5, lenpen=1.0):
+    lenpen_flags = ["--lenpen", str(lenpen)] if lenpen != 1.0 else []  # fairseq's default: no flag, same command keys
+    return ["--beam", str(beam), *lenpen_flags, "--max-tokens", "50000", "--cpu", "--num-workers", "0",
             "--required-batch-size-multiple", "1", "--max-len-a", "0", "--max-len-b", str(args.max_len)]
 
 
@@ -668,40 +678,66 @@ def evaluate_expert(args, clock, expert_ckpt: Path) -> dict:
     return evaluate(args, clock, "expert", "test", cmd, refs, [_done_key(expert_ckpt.parent / "done.json")])
 
 
-def student_generate_cmd(args, split: str, ckpt: Path):
-    """fairseq-generate of a student checkpoint on the speech of ``split`` (beam 5). The data config's
-    bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process."""
+def student_generate_cmd(args, split: str, ckpt: Path, decoding: str = REFERENCE_DECODING):
+    """fairseq-generate of a student checkpoint on the speech of ``split`` (``DECODINGS[decoding]``). The
+    data config's bpe_tokenizer (sentencepiece) detokenizes the D- lines; no --post-process."""
     return [_exe("imitkd-generate"), args.corpus, "--task", "speech_to_text_kd", "--config-yaml",
-            model_config(args, args.corpus), "--gen-subset", split, "--path", ckpt, *gen_common(args)]
+            model_config(args, args.corpus), "--gen-subset", split, "--path", ckpt,
+            *gen_common(args, **DECODINGS[decoding])]
 
 
-def evaluate_student(args, clock, key: str, split: str, train_key: str) -> dict:
-    """A student translating the speech of ``split`` (beam 5)."""
+def system_name(key: str, decoding: str) -> str:
+    """The file stem of a student's evaluation under ``decoding`` (beam 5: the key itself)."""
+    return key if decoding == REFERENCE_DECODING else f"{key}.{decoding}"
+
+
+def evaluate_student(args, clock, key: str, split: str, train_key: str, decoding: str = REFERENCE_DECODING) -> dict:
+    """A student translating the speech of ``split`` with ``DECODINGS[decoding]``."""
     refs = [r["tgt_text"] for r in read_manifest(args.corpus / f"{split}.tsv")]
-    cmd = student_generate_cmd(args, split, args.out / "students" / key / "checkpoint_best.pt")
-    return evaluate(args, clock, key, split, cmd, refs, [train_key])
+    cmd = student_generate_cmd(args, split, args.out / "students" / key / "checkpoint_best.pt", decoding)
+    rec = evaluate(args, clock, system_name(key, decoding), split, cmd, refs, [train_key])
+    return dict(rec, decoding=decoding)
+
+
+def choose_decoding(dev_scores: dict) -> str:
+    """The decoding with the best dev BLEU; the first of ``dev_scores`` (in ``--decodings`` order) on a tie."""
+    return max(dev_scores, key=lambda d: dev_scores[d]["bleu"])
+
+
+def evaluate_chosen(args, clock, key: str, train_key: str) -> dict:
+    """Dev under every decoding of ``--decodings``; test splits under the best one, and under beam 5
+    (the fixed reference). Returns {"dev": {decoding: scores}, "chosen": decoding, split: scores,
+    "reference:<split>": scores}."""
+    dev = {d: evaluate_student(args, clock, key, "dev", train_key, d) for d in args.decodings}
+    chosen = choose_decoding(dev)
+    out = {"dev": dev, "chosen": chosen}
+    for split in args.splits:
+        out[split] = evaluate_student(args, clock, key, split, train_key, chosen)
+    out["reference:test"] = evaluate_student(args, clock, key, "test", train_key, REFERENCE_DECODING)
+    return out
 
 
 def stage_students(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, clock):
     """Every student, trained and then evaluated in the same lane (a lane never waits for the
     slowest student before it decodes); the expert's ceiling run fills a gap. Returns
-    ({key: training record}, {(system, split): scores})."""
+    ({key: training record}, {(system, split): scores}, {key: evaluate_chosen's record})."""
     def student(method):
         rec = stage_student(args, P, corpus, expert_ckpt, asr_ckpt, method, clock)
-        return rec, {s: evaluate_student(args, clock, method.key, s, rec["key"]) for s in args.splits}
+        return rec, evaluate_chosen(args, clock, method.key, rec["key"])
 
     jobs = {key: (lambda m=METHODS[key]: student(m)) for key in P["methods"]}
     jobs["expert"] = lambda: evaluate_expert(args, clock, expert_ckpt)
     done = in_lanes(jobs, args.lanes)
     students = {key: done[key][0] for key in P["methods"]}
-    results = {(key, s): done[key][1][s] for key in P["methods"] for s in args.splits}
+    evals = {key: done[key][1] for key in P["methods"]}
+    results = {(key, s): evals[key][s] for key in P["methods"] for s in args.splits}
     results[("expert", "test")] = done["expert"]
-    return students, results
+    return students, results, evals
 
 
 def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str) -> float:
     """p-value of sacrebleu's paired bootstrap test (1000 resamples, seed 12345) for BLEU of
-    ``system`` against ``baseline`` on ``split``."""
+    ``system`` against ``baseline`` on ``split`` (both: file stems under eval/)."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
@@ -714,11 +750,13 @@ def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str)
     return float(results["BLEU"][1].p_value)
 
 
-def significance(args, P, corpus: Path) -> dict:
-    """{(split, system, baseline): p} for every method vs NLL and ImitKD-full vs word-KD."""
+def significance(args, P, corpus: Path, results) -> dict:
+    """{(split, method, baseline): p} for every method vs NLL and ImitKD-full vs word-KD, each under the
+    decoding it was scored with (``results``)."""
     pairs = [(m, "nll") for m in P["methods"] if m != "nll"] + [("imit_kd_CE", "word_kd")]
-    return {(split, s, b): paired_bootstrap(args, corpus, split, b, s) for split in args.splits for s, b in pairs
-            if s in P["methods"] and b in P["methods"]}
+    stem = lambda key, split: results[(key, split)]["system"]  # noqa: E731
+    return {(split, s, b): paired_bootstrap(args, corpus, split, stem(b, split), stem(s, split))
+            for split in args.splits for s, b in pairs if s in P["methods"] and b in P["methods"]}
 
 
 # --------------------------------------------------------------------------- report
@@ -778,12 +816,14 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, expert and rollouts in {auto} (`--expert-dtype/--rollout-dtype auto` here)"
 
 
-def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds):
+def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds):
     n_train = len(read_manifest(corpus / "train.tsv"))
     n_test = len(read_manifest(corpus / "test.tsv"))
     splits = args.splits
     head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
-    head += [f"p vs NLL ({s})" for s in splits] + ["distinct (test)", "best dev NLL (bits)", "train time"]
+    head += [f"p vs NLL ({s})" for s in splits]
+    head += ["decoding (dev BLEU)", f"BLEU test, {REFERENCE_DECODING}", "distinct (test)", "best dev NLL (bits)",
+             "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = []
     for key in P["methods"]:
@@ -793,20 +833,25 @@ def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds
         cells = [f"{results[(key, s)][k]:.2f}" for s in splits for k in ("bleu", "chrf")]
         ps = {s: pvalues.get((s, key, "nll")) for s in splits}
         cells += ["–" if ps[s] is None else f"{ps[s]:.3f}" for s in splits]
-        distinct = distinct_outputs(args, key)
+        ev = evals[key]
+        chosen = ev["chosen"]
+        distinct = distinct_outputs(args, results[(key, "test")]["system"])
         t = students[key]["train_seconds"]
-        cells += [f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-", fmt_time(t)]
+        cells += [f"{chosen} ({ev['dev'][chosen]['bleu']:.2f})", f"{ev['reference:test']['bleu']:.2f}",
+                  f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-", fmt_time(t)]
         lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
         rows.append(dict(method=m.name, key=key, criterion=m.criterion, data=m.data, train_seconds=t, best_dev_nll=best,
-                         distinct_test=distinct, p_vs_nll=ps,
+                         distinct_test=distinct, p_vs_nll=ps, decoding=chosen,
+                         dev_bleu={d: r["bleu"] for d, r in ev["dev"].items()},
+                         **{f"bleu_test_{REFERENCE_DECODING}": ev["reference:test"]["bleu"]},
                          **{f"{k}_{s}": results[(key, s)][k] for s in splits for k in ("bleu", "chrf")}))
     ex = results[("expert", "test")]
     ex_time = json.loads((args.out / "expert" / "done.json").read_text()).get("train_seconds", 0)
     _, expert_dev = curves(args.out / "expert" / "train.log")
     ex_best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
     cells = [f"{ex['bleu']:.2f}", f"{ex['chrf']:.2f}"] + ["–", "–"] * (len(splits) - 1) + ["–"] * len(splits)
-    cells += [f"{distinct_outputs(args, 'expert')}/{n_test}", f"{ex_best:.3f}" if ex_best is not None else "-",
-              fmt_time(ex_time)]
+    cells += [REFERENCE_DECODING, f"{ex['bleu']:.2f}", f"{distinct_outputs(args, 'expert')}/{n_test}",
+              f"{ex_best:.3f}" if ex_best is not None else "-", fmt_time(ex_time)]
     lines.append("| expert NMT, reads the English *text* (ceiling) | " + " | ".join(cells) + " |")
     asr_done = json.loads((args.out / "asr" / "done.json").read_text())
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
@@ -824,8 +869,12 @@ def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds
         f"Students and ASR: s2t_transformer {P['enc_layers']}+{P['dec_layers']} layers, d={P['dim']}, conv "
         f"{P['conv_kernels']}; students {P['student_updates']} updates each (batches of ≤{P['max_tokens']} frames), "
         f"encoder from the ASR model, frozen for {P['encoder_freezing']} updates, CTC weight "
-        f"{P['student_ctc_weight']} on the transcript; seed {args.seed}; the checkpoint with the best dev NLL; beam 5; "
+        f"{P['student_ctc_weight']} on the transcript; seed {args.seed}; the checkpoint with the best dev NLL; "
         "detokenized sacreBLEU and chrF (sacrebleu API).",
+        "Decoding: each student is scored (BLEU, chrF, p-values, distinct) with the decoding that has its best dev "
+        f"BLEU among {', '.join(f'{d} ({decoding_flags(d)})' for d in args.decodings)}; the "
+        f"'BLEU test, {REFERENCE_DECODING}' column is every student with {REFERENCE_DECODING}, the expert always "
+        f"decodes with {REFERENCE_DECODING}.",
         f"Expert: transformer {P['expert_layers']}+{P['expert_layers']} layers, d={P['expert_dim']}, "
         f"{expert_done.get('reached')} updates on {expert_pairs} text pairs.",
         "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct: how many "
@@ -840,6 +889,11 @@ def write_report(args, P, corpus, results, students, wer, pvalues, total_seconds
         p_values={f"{s}:{a}-vs-{b}": p for (s, a, b), p in pvalues.items()},
         expert=dict(bleu=ex["bleu"], chrf=ex["chrf"], best_dev_nll=ex_best, train_seconds=ex_time)))
     return md
+
+
+def decoding_flags(decoding: str) -> str:
+    d = DECODINGS[decoding]
+    return f"--beam {d['beam']}" + (f" --lenpen {d['lenpen']:g}" if d["lenpen"] != 1.0 else "")
 
 
 def plot(args, P, results, path: Path):
@@ -889,7 +943,7 @@ def plot(args, P, results, path: Path):
     ax.axhline(results[("expert", "test")]["bleu"], color="gray", ls="--", label="expert (text, ceiling)")
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(keys, rotation=20, fontsize=8)
-    ax.set(title="BLEU (beam 5, detokenized sacreBLEU)", ylabel="BLEU")
+    ax.set(title="BLEU (decoding chosen on dev, detokenized sacreBLEU)", ylabel="BLEU")
     ax.legend(fontsize=7)
     fig.suptitle(f"ImitKD demo, DDTP-ST {args.size}")
     fig.tight_layout()
@@ -912,6 +966,9 @@ def get_parser():
     p.add_argument("--specaugment", action="store_true", help="train the speech models with the corpus' SpecAugment")
     p.add_argument("--no-unseen", action="store_true", help="evaluate on test only (not test_unseen)")
     p.add_argument("--max-len", type=int, default=200, help="longest hypothesis in tokens (default 200)")
+    p.add_argument("--decodings", default=",".join(DECODINGS),
+                   help="comma-separated decodings each student tries on dev; test uses its best "
+                        f"(default {','.join(DECODINGS)}; {REFERENCE_DECODING} alone = one fixed decoding)")
     p.add_argument("--workers", type=int, default=2, help="processes for synthesis/preprocessing (default 2)")
     p.add_argument("--lanes", type=int, default=2, help="training/decoding runs at a time (default 2)")
     p.add_argument("--threads", type=int, default=1,
@@ -935,6 +992,12 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})", file=sys.stderr)
         return 2
+    args.decodings = tuple(d.strip() for d in args.decodings.split(",") if d.strip())
+    bad = [d for d in args.decodings if d not in DECODINGS]
+    if bad or not args.decodings:
+        print(f"error: --decodings: unknown {', '.join(bad) or '(none given)'} (choose from {', '.join(DECODINGS)})",
+              file=sys.stderr)
+        return 2
     if min(P["expert_updates"], P["asr_updates"], P["student_updates"]) < 1 or args.lanes < 1:
         print("error: --expert-updates, --asr-updates, --student-updates and --lanes must be >= 1", file=sys.stderr)
         return 2
@@ -952,10 +1015,10 @@ def main(argv=None) -> int:
         asr_ckpt, expert_ckpt = models["asr"], models["expert"]
         wer = stage_transcripts(args, P, corpus, asr_ckpt, expert_ckpt, clock)
         args.corpus = corpus
-        students, results = stage_students(args, P, corpus, expert_ckpt, asr_ckpt, clock)
+        students, results, evals = stage_students(args, P, corpus, expert_ckpt, asr_ckpt, clock)
         with clock.stage("report"):
-            pvalues = significance(args, P, corpus)
-            md = write_report(args, P, corpus, results, students, wer, pvalues, time.time() - clock.t0)
+            pvalues = significance(args, P, corpus, results)
+            md = write_report(args, P, corpus, results, students, evals, wer, pvalues, time.time() - clock.t0)
             plot(args, P, results, args.out / "demo.png")
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
