@@ -165,6 +165,21 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         assert rows[row["method"]][7] == f"{row['bleu_test_beam5']:.2f}"
     assert len((out_dir / "eval" / "expert.test.hyp").read_text(encoding="utf-8").splitlines()) == n_test
 
+    # where the students and the expert stop (examples/imitkd/length_diagnostics.py on this run's dev set)
+    diag_json = tmp_path / "lengths.json"
+    out = subprocess.run([sys.executable, str(DEMO.parent / "length_diagnostics.py"), "--demo", out_dir, "--corpus",
+                          ddtp_ci, "--students", "nll,imit_kd_CE", "--json", diag_json], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lengths = json.loads(diag_json.read_text())
+    assert set(lengths) == {"nll", "imit_kd_CE"} and out.stdout.count("\n") == 3
+    for r in lengths.values():
+        assert r["sentences"] == len(read_manifest(ddtp_ci / "dev.tsv"))
+        assert 0 < r["rollout"] <= 1.5 + 5  # a·gold + b per sentence, as a fraction of the gold length
+        assert 0 <= r["expert_on_rollout"] <= r["rollout"]  # the expert's end lies within the prefix it read
+        assert 0 <= r["expert_on_gold"] <= 1 and 0 <= r["student_on_gold"] <= 1  # (a 30-update expert may stop at once)
+        assert 0 <= r["expert_p_eos_rollout"] <= 1 and 0 <= r["expert_p_eos_gold"] <= 1
+
     # progress: a line per stage with elapsed time, and training progress lines
     assert re.search(r"^\[\d\d:\d\d\] == student imit_kd_CE$", log, re.M)
     assert re.search(r"^\[\d\d:\d\d\]\s+\[student imit_kd_CE\] update \d+/12 loss .*beta", log, re.M)
