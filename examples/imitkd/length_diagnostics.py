@@ -42,7 +42,7 @@ def mean_first_half(p: torch.Tensor, gold_len: torch.Tensor) -> torch.Tensor:
     return (p * keep).sum(1) / keep.sum(1)
 
 
-def measure(task, criterion, model, batches, cap_a: float, cap_b: int) -> dict:
+def measure(criterion, model, batches, cap_a: float, cap_b: int) -> dict:
     from imitkd.data import EXPERT_INPUT
     from imitkd.rollout import length_caps, mix_prefixes, student_rollout
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         model = task.build_model(state["cfg"].model, from_checkpoint=True)
         model.load_state_dict(state["model"])
         model.eval()
-        results[key] = measure(task, criterion, model, batches, args.rollout_max_len_a, args.rollout_max_len_b)
+        results[key] = measure(criterion, model, batches, args.rollout_max_len_a, args.rollout_max_len_b)
         print(key + "\t" + "\t".join(f"{results[key][f]:.3f}" if f in FIELDS[:4] else f"{results[key][f]:.4f}"
                                       for f in FIELDS), flush=True)
     if args.json:

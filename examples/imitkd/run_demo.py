@@ -542,9 +542,14 @@ def generate(args, clock, cmd, log: Path, key: str, label: str) -> Path:
     return log
 
 
+def beam_flags(beam=5, lenpen=1.0):
+    """fairseq-generate's --beam/--lenpen; no --lenpen at its default 1 (the commands, and so the keys of
+    cached evaluations, stay those of plain beam search)."""
+    return ["--beam", str(beam)] + (["--lenpen", str(lenpen)] if lenpen != 1.0 else [])
+
+
 def gen_common(args, beam=5, lenpen=1.0):
-    lenpen_flags = ["--lenpen", str(lenpen)] if lenpen != 1.0 else []  # fairseq's default: no flag, same command keys
-    return ["--beam", str(beam), *lenpen_flags, "--max-tokens", "50000", "--cpu", "--num-workers", "0",
+    return [*beam_flags(beam, lenpen), "--max-tokens", "50000", "--cpu", "--num-workers", "0",
             "--required-batch-size-multiple", "1", "--max-len-a", "0", "--max-len-b", str(args.max_len)]
 
 
@@ -696,8 +701,7 @@ def evaluate_student(args, clock, key: str, split: str, train_key: str, decoding
     """A student translating the speech of ``split`` with ``DECODINGS[decoding]``."""
     refs = [r["tgt_text"] for r in read_manifest(args.corpus / f"{split}.tsv")]
     cmd = student_generate_cmd(args, split, args.out / "students" / key / "checkpoint_best.pt", decoding)
-    rec = evaluate(args, clock, system_name(key, decoding), split, cmd, refs, [train_key])
-    return dict(rec, decoding=decoding)
+    return evaluate(args, clock, system_name(key, decoding), split, cmd, refs, [train_key])
 
 
 def choose_decoding(dev_scores: dict) -> str:
@@ -721,7 +725,7 @@ def evaluate_chosen(args, clock, key: str, train_key: str) -> dict:
 def stage_students(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, clock):
     """Every student, trained and then evaluated in the same lane (a lane never waits for the
     slowest student before it decodes); the expert's ceiling run fills a gap. Returns
-    ({key: training record}, {(system, split): scores}, {key: evaluate_chosen's record})."""
+    ({key: training record}, {(key, split): scores}, {key: evaluate_chosen's record})."""
     def student(method):
         rec = stage_student(args, P, corpus, expert_ckpt, asr_ckpt, method, clock)
         return rec, evaluate_chosen(args, clock, method.key, rec["key"])
@@ -893,8 +897,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
 
 
 def decoding_flags(decoding: str) -> str:
-    d = DECODINGS[decoding]
-    return f"--beam {d['beam']}" + (f" --lenpen {d['lenpen']:g}" if d["lenpen"] != 1.0 else "")
+    return " ".join(beam_flags(**DECODINGS[decoding]))
 
 
 def plot(args, P, results, path: Path):
