@@ -18,7 +18,6 @@ Settings: ``fp32`` and ``int8`` (``--expert-dtype`` and ``--rollout-dtype``), op
 import argparse
 import concurrent.futures
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,15 +38,6 @@ def setting_flags(name: str):
 def _set(cmd, flag, value):
     cmd[cmd.index(flag) + 1] = str(value)
     return cmd
-
-
-def run(cmd, log: Path):
-    with open(log, "w", encoding="utf-8") as f:
-        f.write(" ".join(map(str, cmd)) + "\n")
-        f.flush()
-        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=demo._env(1)).returncode
-    if rc:
-        raise SystemExit(f"error: {cmd[0]} failed (exit {rc}): see {log}")
 
 
 def main(argv=None) -> int:
@@ -83,14 +73,12 @@ def main(argv=None) -> int:
     def cmd(save_dir: Path):
         return demo.student_cmd(args, P, args.corpus, expert, asr, method, save_dir)
 
-    fork = opts.out / "fork" / "checkpoint_last.pt"
-    if not fork.is_file():  # β = 1 up to the fork: the demo's hold, without the decay it sets up
-        c = _set(cmd(opts.out / "fork"), "--max-update", opts.fork)
-        i = c.index("--beta-hold-updates")
-        c[i:i + 2] = ["--beta-schedule", "constant"]
-        print(f"training the fork ({opts.fork} updates, fp32)", flush=True)
-        run(c + SETTINGS["fp32"], opts.out / "fork.log")
+    clock = demo.Clock()
 
+    def train(c, log: Path, label: str):  # the demo's runner: output appended to ``log``, one line on failure
+        demo.run_logged(c, log, clock, label, threads=1, quiet=True)
+
+    fork = opts.out / "fork" / "checkpoint_last.pt"
     refs = [r["tgt_text"] for r in demo.read_manifest(args.corpus / "dev.tsv")]
 
     def one(name: str, seed: str) -> dict:
@@ -98,19 +86,30 @@ def main(argv=None) -> int:
         if (d / "result.json").is_file():
             return json.loads((d / "result.json").read_text())
         d.mkdir(exist_ok=True)
-        run(_set(cmd(d), "--seed", seed) + ["--restore-file", fork, *setting_flags(name)], d / "train.log")
-        gen = demo.student_generate_cmd(args, "dev", d / "checkpoint_last.pt")
-        out = subprocess.run([str(c) for c in gen], capture_output=True, text=True, env=demo._env(1))
-        (d / "dev.log").write_text(out.stdout + out.stderr, encoding="utf-8")
-        hyps = demo.parse_hypotheses(out.stdout, len(refs), d / "dev.log")
+        train(_set(cmd(d), "--seed", seed) + ["--restore-file", fork, *setting_flags(name)], d / "train.log",
+              f"{name} seed {seed}")
+        ckpt = d / "checkpoint_last.pt"
+        gen = demo.student_generate_cmd(args, "dev", ckpt)
+        key = demo._settings_key([*map(str, gen), ckpt.stat().st_mtime_ns])
+        log = demo.generate(args, clock, gen, d / "dev.log", key, f"decoding {d.name} on dev")
+        hyps = demo.parse_hypotheses(log.read_text(encoding="utf-8"), len(refs), log)
         _, dev = demo.curves(d / "train.log")
         rec = dict(setting=name, seed=int(seed), dev_nll={r["update"]: r["nll"] for r in dev},
                    distinct=len(set(hyps)), **demo.score(hyps, refs))
         (d / "result.json").write_text(json.dumps(rec), encoding="utf-8")
         return rec
 
-    with concurrent.futures.ThreadPoolExecutor(opts.lanes) as ex:
-        results = list(ex.map(lambda r: one(r[0], r[2]), runs))
+    try:
+        if not fork.is_file():  # β = 1 up to the fork: the demo's hold, without the decay it sets up
+            c = _set(cmd(opts.out / "fork"), "--max-update", opts.fork)
+            i = c.index("--beta-hold-updates")
+            c[i:i + 2] = ["--beta-schedule", "constant"]
+            print(f"training the fork ({opts.fork} updates, fp32)", flush=True)
+            train(c + SETTINGS["fp32"], opts.out / "fork.log", "fork")
+        with concurrent.futures.ThreadPoolExecutor(opts.lanes) as ex:
+            results = list(ex.map(lambda r: one(r[0], r[2]), runs))
+    except demo.DemoError as e:
+        raise SystemExit(f"error: {e}")
     print("| setting | seed | dev NLL (bits) by update | dev BLEU | dev chrF | distinct |")
     print("|---|---:|---|---:|---:|---:|")
     for r in results:
