@@ -219,6 +219,7 @@ def test_int8_training_check_refuses_bad_arguments_in_one_line(tmp_path):
     assert check("--demo", demo_dir, "--runs", "bf16:1") == (
         "error: unknown setting 'bf16' in --runs (fp32 or int8, optionally +train-enc)")
     assert check("--demo", demo_dir, "--runs", "int8:x") == "error: --runs entry int8:x needs an integer seed"
-    assert check("--demo", demo_dir, "--runs", "int8:1", "--fork", 600) == (
-        "error: --fork 600 must be within the β hold (1..500 updates; --hold)")
+    hold = demo_module().PRESETS["medium"]["beta_hold"]
+    assert check("--demo", demo_dir, "--runs", "int8:1", "--fork", hold + 1) == (
+        f"error: --fork {hold + 1} must be within the β hold (1..{hold} updates; --hold)")
     assert not (tmp_path / "o").exists()
