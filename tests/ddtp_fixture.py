@@ -1,6 +1,6 @@
 """The DDTP-ST en→de ``ci`` corpus for tests and demos: ``build_ci_corpus(tmp_dir) -> Path``.
 
-Builds ``examples/speech_to_text/build_ddtp_st.py --size ci --seed 1 --spm-vocab-size 1000`` (its library
+Builds ``examples/speech_to_text/build_ddtp_st.py --size ci --seed 1 --spm-vocab-size 1000 --asr-extra 30`` (its library
 ``imitkd_data.ddtp.corpus.build``; about
 15 s: apt-get update of the Debian translation index + espeak-ng + fbank). If the environment variable
 ``IMITKD_DATA_CACHE`` is set, the corpus lives in ``$IMITKD_DATA_CACHE/ddtp_st_ci_seed<seed>`` and is
@@ -24,6 +24,7 @@ from imitkd_data.errors import BuildError, ParamsMismatch
 
 CI_SEED = 1
 CI_SPM_VOCAB = 1000
+CI_ASR_EXTRA = 30  #: English-only utterances for the ASR stage (train_asr_extra.tsv), as run_demo's ci preset reads
 ESPEAK_HINT = "espeak-ng is not installed: run `apt-get install -y espeak-ng` (the DDTP-ST test corpus is synthesised with it)"
 
 
@@ -40,7 +41,8 @@ def build_ci_corpus(tmp_dir, seed: int = CI_SEED, spm_vocab_size: int = CI_SPM_V
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:  # parallel sessions sharing the cache
         fcntl.flock(lock, fcntl.LOCK_EX)
-        kw = dict(size="ci", seed=seed, workers=2, spm_vocab_size=spm_vocab_size, progress=False)
+        kw = dict(size="ci", seed=seed, workers=2, spm_vocab_size=spm_vocab_size, progress=False,
+                  counts={"train_asr_extra": CI_ASR_EXTRA})
         try:
             try:
                 return build(out, **kw)

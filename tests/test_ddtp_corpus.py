@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddtp_fixture import ESPEAK_HINT, build_ci_corpus
+from ddtp_fixture import CI_ASR_EXTRA, ESPEAK_HINT, build_ci_corpus
 from imitkd_data.ddtp import apt, provenance, speech
 from imitkd_data.ddtp import text as ddtp_text
 from imitkd_data.errors import BuildError
@@ -106,6 +106,26 @@ def test_text_selection_deterministic(ddtp_ci, translations, selection):
     assert min(pools1.values()) > 100  # 4 % buckets leave room for the bigger sizes
 
 
+def test_asr_extra_is_english_of_train_packages_with_no_pair_template(ddtp_ci, manifests, translations, selection):
+    """train_asr_extra.tsv: English-only utterances (target = transcript) of train packages, spoken by the seen
+    voices, whose masked skeleton is in no pair of any split; asking for them leaves the pairs as they were."""
+    extra = read_manifest(ddtp_ci / "train_asr_extra.tsv")
+    assert len(extra) == CI_ASR_EXTRA
+    assert all(r["tgt_text"] == r["src_text"] and 3 <= len(r["src_text"].split()) <= 12 for r in extra)
+    assert {r["speaker"] for r in extra} <= set(speech.SEEN_VOICES)
+    assert not {r["id"] for r in extra} & {r["id"] for rows in manifests.values() for r in rows}
+    assert (ddtp_ci / "text" / "train_asr_extra.en").read_text(encoding="utf-8").splitlines() == [r["src_text"] for r in extra]
+    with_extra, pools = ddtp_text.select_text(translations, "ci", 1, {"train_asr_extra": CI_ASR_EXTRA})
+    assert [p.en for p in with_extra["train_asr_extra"]] == [r["src_text"] for r in extra]
+    assert all(ddtp_text.split_of(p.package) == "train" and p.de == "" for p in with_extra["train_asr_extra"])
+    pair_skeletons = {ddtp_text.skeleton(p.en, p.package) for s in ("train", "dev", "test") for p in selection[0][s]}
+    extra_skeletons = [ddtp_text.skeleton(p.en, p.package) for p in with_extra["train_asr_extra"]]
+    assert len(set(extra_skeletons)) == len(extra_skeletons) and not set(extra_skeletons) & pair_skeletons
+    assert pools["train_asr_extra"] > 1000  # the English side has many more sentences than the pairs
+    assert {s: with_extra[s] for s in ("train", "dev", "test")} == selection[0]  # the pairs are unchanged
+    assert "train_asr_extra" not in selection[0] and "train_asr_extra" not in selection[1]
+
+
 def test_synthesis_deterministic(ddtp_ci, manifests, selection):
     """Re-rendering utterances from the plan reproduces the stored features bit for bit."""
     from fairseq.data.audio.audio_utils import get_features_or_waveform
@@ -152,7 +172,8 @@ def test_manifest_json(ddtp_ci, translations):
         assert entry["sha256"] == provenance.sha256_file(path) and entry["bytes"] == path.stat().st_size
         assert len(entry["sha256"]) == 64
     assert m["seed"] == 1 and m["size"] == "ci"
-    assert {s: v["pairs"] for s, v in m["splits"].items()} == {"train": 200, "dev": 20, "test": 20, "dev_unseen": 20, "test_unseen": 20}
+    assert {s: v["pairs"] for s, v in m["splits"].items()} == {"train": 200, "dev": 20, "test": 20, "dev_unseen": 20,
+                                                               "test_unseen": 20, "train_asr_extra": CI_ASR_EXTRA}
     assert m["voices"] == {"seen": list(speech.SEEN_VOICES), "unseen": list(speech.UNSEEN_VOICES)}
     assert m["espeak_ng_version"] == speech.espeak_version()
     assert m["created_utc"] and m["build_seconds"] >= 0

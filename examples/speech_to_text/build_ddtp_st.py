@@ -39,6 +39,9 @@ Output layout (``--out-dir``)::
     fbank80.zip                         features, <id>.npy members (ZIP_STORED)
     train.tsv dev.tsv test.tsv          fairseq S2T manifests: id audio n_frames tgt_text speaker src_text
     dev_unseen.tsv test_unseen.tsv      same sentences as dev/test, held-out voices (speaker = voice)
+    train_asr_extra.tsv                 with --asr-extra N: English-only utterances (seen voices) of train
+                                        packages, tgt_text = src_text = the transcript (for an ASR stage);
+                                        their text in text/train_asr_extra.en
     text/{train,dev,test}.{en,de}       raw parallel text (one sentence per line) for the text NMT expert
     text/{train,dev,test}.pairs.tsv     id package src_text tgt_text (ids match the manifests)
     MANIFEST.json                       sha256 of Translation-en/de and of every output, sizes, seed,
@@ -68,7 +71,7 @@ import sys
 from pathlib import Path
 
 from imitkd_data.ddtp.corpus import build
-from imitkd_data.ddtp.text import SIZES
+from imitkd_data.ddtp.text import ASR_EXTRA, SIZES
 from imitkd_data.errors import DataPrepError
 
 
@@ -80,6 +83,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="ci", choices=sorted(SIZES), help="corpus size (default ci)")
     p.add_argument("--seed", default=1, type=int, help="seed of text selection and synthesis (default 1)")
     p.add_argument("--workers", default=2, type=int, help="synthesis processes (default 2)")
+    p.add_argument("--asr-extra", default=0, type=int, metavar="N",
+                   help="also N English-only utterances of train packages (train_asr_extra.tsv, tgt_text = the English "
+                        "transcript) for an ASR stage; no template of any pair's split (default 0)")
     p.add_argument("--spm-vocab-size", type=int, help="also train a joint en+de sentencepiece model of this size + dict.txt + config.yaml")
     p.add_argument("--spm-type", default="unigram", choices=["unigram", "bpe"], help="joint sentencepiece model type")
     p.add_argument("--translations-dir", type=Path, help="use Translation-en/-de from this dir (no apt-get update)")
@@ -95,7 +101,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.asr_extra < 0:
+        parser.error(f"--asr-extra must be >= 0, got {args.asr_extra}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         build(
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
             spm_type=args.spm_type, translations_dir=args.translations_dir, cache_dir=args.cache_dir,
             refresh=args.refresh, install_deps=args.install_deps, save_audio=args.save_audio,
             feature_dtype=args.feature_dtype, keep_npy=args.keep_npy, overwrite=args.overwrite,
-            progress=not args.no_progress,
+            counts={ASR_EXTRA: args.asr_extra} if args.asr_extra else None, progress=not args.no_progress,
         )
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
 from .speech import (SEEN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version, install_espeak,
                      plan_utterances, utt_job)
-from .text import BASE_SPLITS, SIZES, Pair, select_text
+from .text import ASR_EXTRA, BASE_SPLITS, SIZES, Pair, select_text
 
 logger = logging.getLogger("build_ddtp_st")
 STATE = "build_params.json"  #: the parameters the features in out_dir were made with
@@ -51,7 +51,8 @@ def build(
 
     ``translations_dir`` holds ready Translation-en / Translation-de files (skips apt); otherwise they
     are fetched into ``cache_dir`` (default ``<out_dir>/apt``) once and reused. ``counts`` overrides
-    the split sizes of ``size`` (e.g. ``{"train": 50}``). Re-running with the same arguments only does
+    the split sizes of ``size`` (e.g. ``{"train": 50}``; ``{"train_asr_extra": N}`` adds N English-only
+    utterances for the ASR stage, ``text.ASR_EXTRA``). Re-running with the same arguments only does
     what is missing; different arguments on an existing build need ``overwrite=True``.
     """
     started = time.time()
@@ -83,6 +84,7 @@ def build(
 
     outputs = [f"{s}.tsv" for s in plan] + ["fbank80.zip"]
     outputs += [f"text/{s}.{ext}" for s in BASE_SPLITS for ext in ("en", "de", "pairs.tsv")]
+    outputs += [f"text/{ASR_EXTRA}.en"] if ASR_EXTRA in text else []
     if spm_info:
         outputs += ["spm_joint.model", "dict.txt", "config.yaml"]
         outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
@@ -133,6 +135,8 @@ def _write_text(text_dir: Path, text: Dict[str, List[Pair]], plan: Dict[str, Lis
             text_dir / f"{s}.pairs.tsv",
             ["id\tpackage\tsrc_text\ttgt_text"] + [f"{u.id}\t{u.package}\t{u.src_text}\t{u.tgt_text}" for u in plan[s]],
         )
+    if ASR_EXTRA in text:
+        atomic.write_lines(text_dir / f"{ASR_EXTRA}.en", [p.en for p in text[ASR_EXTRA]])
 
 
 def _speech(out_dir: Path, plan: Dict[str, List[UttSpec]], *, workers: int, feature_dtype: str, save_audio: bool,

@@ -2,8 +2,9 @@
 
 Every random choice (voice, rate, pitch, gain, SNR, noise seed) is fixed up front from (seed, utterance id)
 by ``plan_utterances``, so the synthesis is deterministic given the seed and the espeak-ng version.
-Voices: ``SEEN_VOICES`` for train/dev/test, ``UNSEEN_VOICES`` only for ``dev_unseen``/``test_unseen``
-(the dev/test sentences spoken by held-out voices).
+Voices: ``SEEN_VOICES`` for train/dev/test (and the English-only ``train_asr_extra``, whose target is the
+transcript), ``UNSEEN_VOICES`` only for ``dev_unseen``/``test_unseen`` (the dev/test sentences spoken by
+held-out voices).
 """
 import io
 import logging
@@ -22,7 +23,7 @@ from ..atomic import atomic_write
 from ..errors import BuildError
 from ..feature_store import FeatureStore
 from ..features import SAMPLE_RATE, compute_fbank
-from .text import BASE_SPLITS, Pair
+from .text import ASR_EXTRA, BASE_SPLITS, Pair
 
 logger = logging.getLogger("build_ddtp_st")
 
@@ -55,7 +56,7 @@ class UttSpec:
 def plan_utterances(text: Dict[str, List[Pair]], seed: int) -> Dict[str, List[UttSpec]]:
     """Every random choice of the synthesis, fixed up front from (seed, utterance id)."""
     plan = {}
-    for split in list(BASE_SPLITS) + list(UNSEEN_SPLITS):
+    for split in list(BASE_SPLITS) + list(UNSEEN_SPLITS) + [s for s in (ASR_EXTRA,) if s in text]:
         pairs = text[UNSEEN_SPLITS.get(split, split)]
         voices = UNSEEN_VOICES if split in UNSEEN_SPLITS else SEEN_VOICES
         specs = []
@@ -73,7 +74,7 @@ def plan_utterances(text: Dict[str, List[Pair]], seed: int) -> Dict[str, List[Ut
                     snr_db=round(rng.uniform(*SNR_DB), 2),
                     noise_seed=rng.getrandbits(63),
                     src_text=p.en,
-                    tgt_text=p.de,
+                    tgt_text=p.en if split == ASR_EXTRA else p.de,
                     package=p.package,
                 )
             )

@@ -169,21 +169,49 @@ def is_plain(text: str) -> bool:
     return True
 
 
+_UNSPEAKABLE = re.compile(r"https?:|www\.|@|\[\[|\]\]")  #: URLs, mails, espeak phoneme brackets
+
+
+def _keep_english(en: str, min_words: int, max_words: int, plain: bool = False) -> bool:
+    """The English side: ``min_words..max_words`` words, speakable, plain words only if ``plain``."""
+    if not (min_words <= len(en.split()) <= max_words) or _UNSPEAKABLE.search(en):
+        return False
+    return not plain or is_plain(en)
+
+
 def _keep(p: Pair, min_words: int, max_words: int, plain: bool = False) -> bool:
-    words = p.en.split()
-    if not (min_words <= len(words) <= max_words) or p.en == p.de:
-        return False
-    if plain and not is_plain(p.en):
-        return False
-    if re.search(r"https?:|www\.|@|\[\[|\]\]", p.en + " " + p.de):  # URLs, mails, espeak phoneme brackets
+    """A pair: its English side kept, translated (not a copy), a speakable German side of a sane length."""
+    if p.en == p.de or _UNSPEAKABLE.search(p.de) or not _keep_english(p.en, min_words, max_words, plain):
         return False
     return 0.5 <= len(p.de) / max(1, len(p.en)) <= 2.5
+
+
+def english_sentences(translation_en: Path) -> List[Pair]:
+    """Every unique English sentence of Translation-en (short descriptions and the sentences of prose
+    paragraphs, as ``extract_pairs`` splits them) with its package, in file order; ``de`` is empty."""
+    out: Dict[str, Pair] = {}
+    for pkg, desc in parse_translation(translation_en, "en").values():
+        short, pars = _paragraphs(desc)
+        for sent in [short] + [x for par in pars for x in (_sentences(par) or [])]:
+            sent = clean_text(sent)
+            if sent and sent not in out:
+                out[sent] = Pair(pkg, sent, "")
+    return list(out.values())
+
+
+#: the English-only split: sentences of *train* packages without a German translation in the pairs,
+#: spoken like train for the ASR stage only (its manifest's tgt_text is the English transcript)
+ASR_EXTRA = "train_asr_extra"  # a train* name: fairseq's S2T task treats train* manifests as training data
 
 
 def select_text(
     translations: Dict[str, Path], size: str = "ci", seed: int = 1, counts: Optional[Dict[str, int]] = None
 ) -> Tuple[Dict[str, List[Pair]], Dict[str, int]]:
-    """Filtered, deduplicated, package-split pairs; returns ({split: pairs}, {split: pool size})."""
+    """Filtered, deduplicated, package-split pairs; returns ({split: pairs}, {split: pool size}).
+
+    ``counts`` overrides the split sizes; ``counts["train_asr_extra"] = N`` > 0 adds the ``ASR_EXTRA`` split: N
+    English sentences of train packages whose masked skeleton occurs in no pair of any split (so no
+    dev/test template leaks into it) and in no other extra sentence."""
     spec = dict(SIZES[size])
     if counts:
         spec.update(counts)
@@ -197,8 +225,20 @@ def select_text(
             continue
         seen_skeletons.add(key)
         pools[split_of(p.package)].append(p)
+    splits = list(BASE_SPLITS)
+    if spec.get(ASR_EXTRA, 0) > 0:
+        splits.append(ASR_EXTRA)
+        pools[ASR_EXTRA] = []
+        for p in english_sentences(translations["en"]):
+            if split_of(p.package) != "train" or not _keep_english(p.en, spec["min_words"], spec["max_words"],
+                                                                    spec.get("plain", False)):
+                continue
+            key = skeleton(p.en, p.package)
+            if key not in seen_skeletons:
+                seen_skeletons.add(key)
+                pools[ASR_EXTRA].append(p)
     chosen = {}
-    for s in BASE_SPLITS:
+    for s in splits:
         pool = list(pools[s])
         random.Random(f"ddtp-st:{seed}:{s}").shuffle(pool)
         if len(pool) < spec[s]:
