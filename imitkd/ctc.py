@@ -43,3 +43,16 @@ def transcript_ctc_loss(model, net_output, transcript: Tensor, pad: int, eos: in
     with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC has other length/blank limits
         return F.ctc_loss(lprobs, targets, input_lengths, target_lengths, blank=blank, reduction="sum",
                           zero_infinity=True)
+
+
+def ctc_greedy(lprobs: Tensor, lengths: Tensor, blank: int = 0):
+    """Best-path CTC decoding: per row, the argmax label of each of its first ``lengths[b]`` frames,
+    repeats merged, then blanks dropped. ``lprobs``: T×B×V log-probs (as ``get_ctc_output`` returns),
+    ``lengths``: B frames. Returns (B lists of label ids, B best-path log-probs as a float tensor)."""
+    best_lp, best = lprobs.max(dim=-1)  # T×B
+    best, best_lp = best.t(), best_lp.t()  # B×T
+    valid = torch.arange(best.size(1), device=best.device)[None, :] < lengths.to(best.device)[:, None]
+    changed = torch.ones_like(valid)
+    changed[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep = valid & changed & best.ne(blank)
+    return [row[k].tolist() for row, k in zip(best, keep)], (best_lp.float() * valid).sum(dim=1)

@@ -1,9 +1,14 @@
 """CTC on the source transcript (--ctc-weight), the `nll` criterion and the ASR → student encoder transfer."""
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import pytest
 
 import toydata
+from imitkd.ctc import ctc_greedy
 from imitkd.data import CTC_INPUT
 from imitkd.errors import ImitKDError
 from imitkd.tasks.speech_to_text_kd import load_pretrained_encoder
@@ -63,6 +68,21 @@ def test_ctc_gradient_reaches_the_encoder_and_head(toy, joint):
     loss.backward()
     assert model.encoder.ctc_proj.weight.grad.abs().sum() > 0
     assert model.encoder.transformer_layers[0].fc1.weight.grad.abs().sum() > 0
+
+
+def test_ctc_greedy_merges_repeats_then_drops_blanks_within_each_length():
+    """Best path of a hand-built T×B×V: frames (argmax) row 0 = 3 3 0 3 4 4 | 5 (beyond its length 6),
+    row 1 = 0 2 2 0 0 | 1 1 (length 5): labels [3, 3, 4] and [2]; scores = summed argmax log-probs."""
+    frames = [[3, 3, 0, 3, 4, 4, 5], [0, 2, 2, 0, 0, 1, 1]]
+    logits = torch.full((7, 2, 6), -5.0)
+    for b, row in enumerate(frames):
+        for t, label in enumerate(row):
+            logits[t, b, label] = 5.0
+    lprobs = logits.log_softmax(-1)
+    labels, scores = ctc_greedy(lprobs, torch.tensor([6, 5]), blank=0)
+    assert labels == [[3, 3, 4], [2]]
+    best = lprobs.max(-1).values  # T×B
+    assert torch.allclose(scores, torch.stack([best[:6, 0].sum(), best[:5, 1].sum()]))
 
 
 def test_word_kd_with_ctc_adds_the_transcript_term(toy):
@@ -135,6 +155,26 @@ def test_asr_then_student_through_the_cli(toy, joint, tmp_path):
                                                                 "train_asr", "--valid-subset", "dev_asr"])
     out = toydata.run("imitkd-train", *args).stdout
     assert "ctc_loss" in out
+    # its CTC head transcribes dev in fairseq-generate's format (one T/H/D triple per utterance, by id)
+    script = Path(__file__).resolve().parents[1] / "examples" / "imitkd" / "ctc_transcribe.py"
+    ctc = subprocess.run([sys.executable, str(script), str(s2t), "--config-yaml", "config_joint.yaml", "--gen-subset",
+                          "dev_asr", "--path", str(asr_dir / "checkpoint_last.pt"), "--cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert ctc.returncode == 0, ctc.stderr[-2000:]
+    dev = [line.split("\t") for line in (s2t / "dev_asr.tsv").read_text().splitlines()]
+    refs = {i: row[dev[0].index("tgt_text")] for i, row in enumerate(dev[1:])}
+    lines = ctc.stdout.splitlines()
+    assert len(lines) == 3 * len(refs) and {line[:2] for line in lines} == {"T-", "H-", "D-"}
+    assert {int(x.split("\t")[0][2:]): x.split("\t")[1] for x in lines if x.startswith("T-")} == refs
+    for line in lines:
+        if line[:2] in ("H-", "D-"):
+            _, score, text = line.split("\t")
+            assert float(score) <= 0 and set(text.split()) <= set(toydata.SRC_WORDS + toydata.TGT_WORDS)
+    missing = subprocess.run([sys.executable, str(script), str(s2t), "--config-yaml", "config_joint.yaml",
+                              "--gen-subset", "dev_asr", "--path", str(tmp_path / "none.pt")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in missing.stderr
     student_dir = tmp_path / "student"
     args = toydata.student_train_args(toy, "nll", student_dir, 10, [
         *joint, "--ctc-weight", "0.5", "--load-pretrained-encoder-from", asr_dir / "checkpoint_last.pt",

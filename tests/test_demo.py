@@ -65,6 +65,20 @@ def test_missing_corpus_is_one_line_error(tmp_path):
     assert len(errors) == 1 and "train.tsv missing" in errors[0] and "Traceback" not in out.stdout
 
 
+def test_corpus_without_asr_extra_is_one_line_error_before_training(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("train.tsv", "test.tsv", "dev.tsv", "config.yaml", "dict.txt", "spm_joint.model"):
+        (corpus / name).write_text("")
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--corpus", corpus, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout and "imitkd-train" not in out.stdout
+    errors = [line for line in out.stdout.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {corpus}: train_asr_extra.tsv missing: the ASR stage reads 30 English-only utterances (build "
+                      "the corpus with build_ddtp_st.py --asr-extra 30, or pass --asr-extra 0)"]
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--asr-extra", "-1", timeout=120)
+    assert out.returncode == 2 and out.stdout.strip().splitlines()[-1] == "error: --asr-extra must be >= 0, got -1"
+
+
 def test_unknown_decoding_is_one_line_error(tmp_path):
     out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--decodings", "beam5,beam9", timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stdout
@@ -131,9 +145,21 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         assert ('"expert_accuracy"' in train_log) == (key != "nll")
     for key in ("kdt", "imitkdt"):
         assert "--train-subset train_kdt" in (students / key / "train.log").read_text()
+    # the ASR model also trained on the corpus' English-only utterances (the ci preset's asr_extra)
+    n_extra = len(read_manifest(ddtp_ci / "train_asr_extra.tsv"))
+    assert n_extra == demo_module().PRESETS["ci"]["asr_extra"] > 0
+    assert "--train-subset train_asr,train_asr_extra " in (out_dir / "asr" / "train.log").read_text()
+    assert f"and {n_extra} English-only ones (train_asr_extra.tsv)" in md
     gold = [r["src_text"] for r in read_manifest(ddtp_ci / "train.tsv")]
     asr = [r["src_text"] for r in read_manifest(ddtp_ci / "train_kdt.tsv")]
     assert len(asr) == len(gold) and asr != gold  # the ASR model's transcripts, row by row
+    # dev was transcribed both ways (attention beam search, CTC best path); the lower dev WER transcribed train
+    chosen = json.loads((out_dir / "transcripts" / "decoding.json").read_text())
+    assert set(chosen["dev_wer"]) == {"beam", "ctc"}
+    assert chosen["decoding"] == min(("beam", "ctc"), key=lambda d: chosen["dev_wer"][d])
+    train_log = out_dir / "transcripts" / ("asr.train.ctc.log" if chosen["decoding"] == "ctc" else "asr.train.log")
+    assert asr == demo_module().parse_hypotheses(train_log.read_text(), len(gold), train_log)
+    assert f"chosen on dev: dev WER {chosen['dev_wer']['beam']:.1f} % (beam) vs {chosen['dev_wer']['ctc']:.1f} % (ctc)" in md
 
     # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes
     train, dev = demo_module().curves(students / "imitkdt" / "train.log")

@@ -7,15 +7,18 @@ cores, without a GPU or any download but Debian's package index:
 1. **corpus**: DDTP-ST en→de (``examples/speech_to_text/build_ddtp_st.py``: Debian package
    descriptions, English side spoken by espeak-ng, 80-dim fbank) with a joint en+de sentencepiece
    vocabulary (``dict.txt``, shared by the ASR model, the expert and the students). Size ``small``
-   keeps plain English sentences of 3–14 words (no package names or code identifiers read aloud);
+   keeps plain English sentences of 3–16 words (no package names or code identifiers read aloud);
 2. **expert** (lane 2): a text NMT transformer on the whole DDTP train pool (tens of thousands of
    pairs, a superset of the students' text; dev/test packages stay held out) — an expert that knows
    more than the students can learn from the speech data;
 3. **ASR** (lane 1, beside the expert): the same ``s2t_transformer`` as the students, trained on
    speech → English transcript (``<split>_asr.tsv`` manifests) with label-smoothed NLL plus CTC on
-   the transcript (``--criterion nll --ctc-weight``). Its WER on test/test_unseen is reported;
-4. **transcripts** (original workflow, step 2): the ASR model transcribes train/dev with
-   ``imitkd-generate``; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
+   the transcript (``--criterion nll --ctc-weight``); with ``--asr-extra N`` (preset ``asr_extra``)
+   also on N English-only utterances of train packages (``train_asr_extra.tsv``, built with the corpus).
+   Its WER on test/test_unseen is reported;
+4. **transcripts** (original workflow, step 2): the ASR model transcribes dev with attention beam
+   search (``imitkd-generate``) and with its CTC head (``ctc_transcribe.py``), then train and the test
+   splits with the one of lower dev WER; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
    ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the
    small corpus, about three times the compute, no time caps) also has the expert translate the train transcripts (``-o``: ``train_seqkd.tsv``, sequence-level KD);
 5. **students** (two at a time, one thread each; each is decoded in its lane as soon as it is trained,
@@ -41,7 +44,7 @@ Layout of ``--out``::
     corpus/                 DDTP-ST (+ <split>_asr.tsv, train_kdt.tsv, train_seqkd.tsv written here)
     expert-text/ expert-bin/  the expert's training text and fairseq-preprocess output
     expert/ asr/            checkpoint_best.pt, train.log, done.json
-    transcripts/            ASR and expert fairseq-generate logs, wer.json
+    transcripts/            ASR (beam/CTC) and expert generate logs, wer.json, decoding.json
     students/<method>/      checkpoint_best.pt, train.log, done.json
     eval/<system>.<split>.json, .hyp   scores and detokenized hypotheses (one per line, in test order);
                             <system> is the student's key (beam 5) or <key>.<decoding>
@@ -68,12 +71,13 @@ from pathlib import Path
 from imitkd_data import atomic
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.ddtp.corpus import build
-from imitkd_data.ddtp.text import select_text
+from imitkd_data.ddtp.text import ASR_EXTRA, select_text
 from imitkd_data.errors import BuildError, ParamsMismatch
 from imitkd_data.manifest import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
+CTC_SCRIPT = REPO / "examples" / "imitkd" / "ctc_transcribe.py"
 VENV_BIN = Path(sys.executable).parent
 TEST_SPLITS = ("test", "test_unseen")
 ALL_PAIRS = -1  #: expert_text_pairs: the whole DDTP train pool
@@ -119,6 +123,7 @@ PRESETS = {
         expert_lr=2e-3, expert_warmup=50, expert_updates=200, expert_stop_hours=0,
         enc_layers=1, dec_layers=1, dim=64, ffn=128, heads=2, conv_kernels="5,5",
         asr_updates=100, asr_stop_hours=0, asr_lr=2e-3, asr_warmup=50, asr_ctc_weight=0.5, asr_max_tokens=20000,
+        asr_extra=30,
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
         encoder_freezing=10,
         beta_hold=0, transcribe_beam=1, log_interval=10, validate_every=50,
@@ -135,6 +140,7 @@ PRESETS = {
         expert_lr=3e-3, expert_warmup=200, expert_updates=4000, expert_stop_hours=0.25,
         enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5",
         asr_updates=2400, asr_stop_hours=0.27, asr_lr=5e-3, asr_warmup=250, asr_ctc_weight=0.5, asr_max_tokens=10000,
+        asr_extra=0,
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200,
         beta_hold=500, transcribe_beam=4, log_interval=50, validate_every=200,
@@ -306,7 +312,10 @@ def _done(path: Path, key: str):
 
 
 def _done_key(path: Path) -> str:
+    """The key of a stage's ``done.json``; for any other file (a generated manifest) a digest of its bytes."""
     try:
+        if path.name != "done.json":
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return json.loads(path.read_text()).get("key", "")
     except (OSError, ValueError):
         return ""
@@ -357,20 +366,22 @@ def stage_corpus(args, P, clock) -> Path:
             for name in ("train.tsv", "test.tsv", "dev.tsv", "config.yaml", "dict.txt", "spm_joint.model"):
                 if not (corpus / name).is_file():
                     raise DemoError(f"--corpus {corpus}: {name} missing (build it with build_ddtp_st.py --spm-vocab-size N)")
+            asr_train_subsets(P, corpus)  # a missing train_asr_extra.tsv fails here, not beside a training expert
             st.skip(f"using --corpus {corpus}")
         else:
             corpus = args.out / "corpus"
             manifest = corpus / "MANIFEST.json"
             m = json.loads(manifest.read_text()) if manifest.is_file() and not args.rebuild_corpus else {}
             if (m.get("size") == P["corpus"] and m.get("seed") == args.seed
-                    and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]):
+                    and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]
+                    and (m.get("params") or {}).get("counts", {}) == (corpus_counts(P) or {})):
                 st.skip(f"{corpus} exists (size {P['corpus']}); --rebuild-corpus to re-synthesise")
             else:
                 if shutil.which("espeak-ng") is None:
                     raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
                 clock.say(f"   building DDTP-ST size={P['corpus']} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
                 try:
-                    build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers,
+                    build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers, counts=corpus_counts(P),
                           spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
                 except ParamsMismatch as e:
                     raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
@@ -378,6 +389,22 @@ def stage_corpus(args, P, clock) -> Path:
                     raise DemoError(f"building the corpus failed: {e}") from None
         write_asr_manifests(corpus, args.splits)
         return corpus
+
+
+def corpus_counts(P):
+    """The corpus builder's ``counts`` for this preset: the English-only utterances of the ASR stage."""
+    return {ASR_EXTRA: P["asr_extra"]} if P["asr_extra"] else None
+
+
+def asr_train_subsets(P, corpus: Path) -> str:
+    """``--train-subset`` of the ASR stage: train_asr, plus the corpus' English-only ``train_asr_extra``."""
+    if not P["asr_extra"]:
+        return "train_asr"
+    if not (corpus / f"{ASR_EXTRA}.tsv").is_file():
+        raise DemoError(f"{corpus}: {ASR_EXTRA}.tsv missing: the ASR stage reads {P['asr_extra']} English-only "
+                        f"utterances (build the corpus with build_ddtp_st.py --asr-extra {P['asr_extra']}, or "
+                        "pass --asr-extra 0)")
+    return f"train_asr,{ASR_EXTRA}"
 
 
 def write_asr_manifests(corpus: Path, test_splits):
@@ -526,7 +553,7 @@ def stage_asr(args, P, corpus: Path, clock) -> Path:
     """Speech → English transcript: label-smoothed NLL + CTC on the transcript (the target here)."""
     d = args.out / "asr"
     updates = P["asr_updates"]
-    cmd = s2t_cmd(args, P, corpus, "asr", "train_asr", "dev_asr", d)
+    cmd = s2t_cmd(args, P, corpus, "asr", asr_train_subsets(P, corpus), "dev_asr", d)
     cmd += ["--criterion", "nll", "--label-smoothing", "0.1", "--ctc-weight", P["asr_ctc_weight"],
             *_stop_flags(P["asr_stop_hours"])]
     train_run(args, clock, d, cmd, "asr", updates)
@@ -574,41 +601,62 @@ def word_error_rate(hyps, refs) -> float:
     return 100.0 * errors / max(1, sum(len(_words(r)) for r in refs))
 
 
+#: how the ASR model transcribes: attention beam search (imitkd-generate) or its CTC head's best path
+#: (ctc_transcribe.py); the one with the lower dev WER transcribes train and the test splits
+ASR_DECODINGS = ("beam", "ctc")
+
+
 def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, clock) -> dict:
-    """The ASR model transcribes train/dev (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the
-    test splits (→ WER); medium: the expert translates the train transcripts (→ train_seqkd.tsv)."""
+    """The ASR model transcribes dev both ways (``ASR_DECODINGS``) and, with the decoding of the lower
+    dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned);
+    medium: the expert translates the train transcripts (→ train_seqkd.tsv)."""
     tdir = args.out / "transcripts"
     asr_key = _done_key(asr_ckpt.parent / "done.json")
-    jobs = {}
-    for split in ("train", "dev", *args.splits):
-        cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
-               model_config(args, corpus), "--gen-subset", f"{split}_asr", "--path", asr_ckpt,
-               *gen_common(args, P["transcribe_beam"] if split in ("train", "dev") else 5)]
-        jobs[split] = (lambda c=cmd, s=split: generate(args, clock, c, tdir / f"asr.{s}.log",
-                                                       _settings_key([str(x) for x in c[1:]] + [asr_key]),
-                                                       f"ASR transcribes {s}"))
-    wants_seqkd = any(METHODS[m].data == "seqkd" for m in P["methods"])
-    if wants_seqkd:
-        cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
-               "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
-               *gen_common(args)]
-        key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
-        jobs["seqkd"] = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
+
+    def transcribe(split, decoding):
+        if decoding == "ctc":
+            cmd = [sys.executable, CTC_SCRIPT, corpus, "--config-yaml", model_config(args, corpus), "--gen-subset",
+                   f"{split}_asr", "--path", asr_ckpt, "--cpu"]
+            log = tdir / f"asr.{split}.ctc.log"
+        else:
+            cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
+                   model_config(args, corpus), "--gen-subset", f"{split}_asr", "--path", asr_ckpt,
+                   *gen_common(args, P["transcribe_beam"] if split in ("train", "dev") else 5)]
+            log = tdir / f"asr.{split}.log"
+        key = _settings_key([str(x) for x in cmd[1:]] + [asr_key])
+        return lambda: generate(args, clock, cmd, log, key, f"ASR transcribes {split} ({decoding})")
+
+    def split_wer(split, log):
+        refs = [r["src_text"] for r in read_manifest(corpus / f"{split}.tsv")]
+        hyps = parse_hypotheses(log.read_text(encoding="utf-8"), len(refs), log)
+        return round(word_error_rate(hyps, refs), 2), hyps
+
     with clock.stage("transcripts"):
-        logs = in_lanes(jobs, args.lanes)
+        dev_logs = in_lanes({d: transcribe("dev", d) for d in ASR_DECODINGS}, args.lanes)
+        dev_wer = {d: split_wer("dev", dev_logs[d])[0] for d in ASR_DECODINGS}
+        decoding = min(ASR_DECODINGS, key=lambda d: dev_wer[d])  # a tie keeps beam search
+        clock.say(f"   ASR decoding chosen on dev: {decoding} (dev WER "
+                  + ", ".join(f"{d} {w:.1f} %" for d, w in dev_wer.items()) + ")")
+        jobs = {split: transcribe(split, decoding) for split in ("train", *args.splits)}
+        if any(METHODS[m].data == "seqkd" for m in P["methods"]):
+            cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
+                   "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
+                   *gen_common(args)]
+            key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
+            jobs["seqkd"] = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
+        logs = {**in_lanes(jobs, args.lanes), "dev": dev_logs[decoding]}
         for split in ("train", "dev"):
             _generated_manifest(corpus / f"{split}.tsv", corpus / f"{split}_kdt.tsv", ["-a", logs[split]], clock)
-        if wants_seqkd:
+        if "seqkd" in logs:
             _generated_manifest(corpus / "train.tsv", corpus / "train_seqkd.tsv", ["-o", logs["seqkd"]], clock)
         wer = {}
+        (args.out / "eval").mkdir(parents=True, exist_ok=True)
         for split in args.splits:
-            refs = [r["src_text"] for r in read_manifest(corpus / f"{split}.tsv")]
-            hyps = parse_hypotheses(logs[split].read_text(encoding="utf-8"), len(refs), logs[split])
-            wer[split] = round(word_error_rate(hyps, refs), 2)
-            (args.out / "eval").mkdir(parents=True, exist_ok=True)
+            wer[split], hyps = split_wer(split, logs[split])
             (args.out / "eval" / f"asr.{split}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         clock.say("   ASR WER: " + ", ".join(f"{s} {w:.1f} %" for s, w in wer.items()))
         _write_json(tdir / "wer.json", wer)
+        _write_json(tdir / "decoding.json", dict(decoding=decoding, dev_wer=dev_wer))
         return wer
 
 
@@ -640,6 +688,8 @@ def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, meth
     sdir = args.out / "students" / method.key
     cmd = student_cmd(args, P, corpus, expert_ckpt, asr_ckpt, method, sdir)
     deps = [asr_ckpt.parent / "done.json"] + ([expert_ckpt.parent / "done.json"] if method.criterion != "nll" else [])
+    if method.data != "gold":  # its manifest depends on the transcripts' decoding (or the expert's translations)
+        deps.append(corpus / f"{TRAIN_SUBSETS[method.data]}.tsv")
     rec = train_run(args, clock, sdir, cmd, f"student {method.key}", P["student_updates"], deps)
     return dict(rec, criterion=method.criterion)
 
@@ -832,6 +882,7 @@ def _machine() -> str:
 def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds):
     n_train = len(read_manifest(corpus / "train.tsv"))
     n_test = len(read_manifest(corpus / "test.tsv"))
+    n_extra = len(read_manifest(corpus / f"{ASR_EXTRA}.tsv")) if P["asr_extra"] else 0
     splits = args.splits
     head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
     head += [f"p vs NLL ({s})" for s in splits]
@@ -868,14 +919,18 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     lines.append("| expert NMT, reads the English *text* (ceiling) | " + " | ".join(cells) + " |")
     asr_done = json.loads((args.out / "asr" / "done.json").read_text())
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
+    asr_dec = json.loads((args.out / "transcripts" / "decoding.json").read_text())
+    asr_how = ({"ctc": "CTC best path", "beam": "beam 5"}[asr_dec["decoding"]] + ", chosen on dev: dev WER "
+               + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items()))
     extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s})"
              for s in splits if (s, "imit_kd_CE", "word_kd") in pvalues]
     expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \
         if P["expert_text_pairs"] else n_train
     notes = [
         f"ASR (speech → English, the students' encoder init): WER {', '.join(f'{w:.1f} % on {s}' for s, w in wer.items())}"
-        f" (beam 5, lowercased words without punctuation), {asr_done.get('reached')} updates, trained in "
-        f"{fmt_time(asr_done.get('train_seconds', 0))}.",
+        f" ({asr_how}; lowercased words without punctuation), {asr_done.get('reached')} updates, trained in "
+        f"{fmt_time(asr_done.get('train_seconds', 0))} on the {n_train} training utterances"
+        + (f" and {n_extra} English-only ones ({ASR_EXTRA}.tsv)." if n_extra else "."),
         "Paired bootstrap (sacrebleu, 1000 resamples) on BLEU: " + ("; ".join(extra) if extra else "–") + ".",
         f"DDTP-ST en→de, corpus size {P['corpus']}: {n_train} training utterances, {n_test} test utterances "
         f"(test_unseen: the same sentences, held-out voices); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
@@ -973,7 +1028,7 @@ def get_parser():
     p.add_argument("--corpus", type=Path, help="use this built DDTP-ST corpus (with --spm-vocab-size) instead of <out>/corpus")
     p.add_argument("--seed", type=int, default=1, help="seed of corpus and training (default 1)")
     p.add_argument("--methods", help=f"comma-separated students (default: the preset's; from {', '.join(METHODS)})")
-    for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold"):
+    for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold", "asr-extra"):
         p.add_argument(f"--{flag}", type=int, help=f"override the preset's {flag.replace('-', '_')}")
     p.add_argument("--specaugment", action="store_true", help="train the speech models with the corpus' SpecAugment")
     p.add_argument("--no-unseen", action="store_true", help="evaluate on test only (not test_unseen)")
@@ -995,7 +1050,7 @@ def get_parser():
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     P = dict(PRESETS[args.size])
-    for k in ("expert_updates", "asr_updates", "student_updates", "expert_text_pairs", "beta_hold"):
+    for k in ("expert_updates", "asr_updates", "student_updates", "expert_text_pairs", "beta_hold", "asr_extra"):
         if getattr(args, k) is not None:
             P[k] = getattr(args, k)
     if args.methods:
@@ -1012,6 +1067,9 @@ def main(argv=None) -> int:
         return 2
     if min(P["expert_updates"], P["asr_updates"], P["student_updates"]) < 1 or args.lanes < 1:
         print("error: --expert-updates, --asr-updates, --student-updates and --lanes must be >= 1", file=sys.stderr)
+        return 2
+    if P["asr_extra"] < 0:
+        print(f"error: --asr-extra must be >= 0, got {P['asr_extra']}", file=sys.stderr)
         return 2
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
