@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import BuildError
 from ..manifest import clean_text
@@ -57,6 +57,14 @@ def parse_translation(path: Path, lang: str) -> Dict[str, Tuple[str, List[str]]]
     return out
 
 
+Parsed = Dict[str, Tuple[str, List[str]]]  #: parse_translation's result
+
+
+def _parsed(source: Union[Path, Parsed], lang: str) -> Parsed:
+    """A Translation-<lang> file, parsed unless it already is (so one file is read once)."""
+    return source if isinstance(source, dict) else parse_translation(source, lang)
+
+
 def _paragraphs(desc: List[str]):
     ps, cur = [], []
     for line in desc[1:]:
@@ -90,9 +98,10 @@ class Pair:
     de: str
 
 
-def extract_pairs(translation_en: Path, translation_de: Path) -> List[Pair]:
-    """All unique (en sentence → de sentence) pairs with their package, in file order (appendix A)."""
-    en, de = parse_translation(translation_en, "en"), parse_translation(translation_de, "de")
+def extract_pairs(translation_en: Union[Path, Parsed], translation_de: Union[Path, Parsed]) -> List[Pair]:
+    """All unique (en sentence → de sentence) pairs with their package, in file order (appendix A).
+    Each argument is a Translation file or its ``parse_translation`` result."""
+    en, de = _parsed(translation_en, "en"), _parsed(translation_de, "de")
     pairs: Dict[str, Pair] = {}
 
     def add(a: str, b: str, pkg: str):
@@ -186,11 +195,12 @@ def _keep(p: Pair, min_words: int, max_words: int, plain: bool = False) -> bool:
     return 0.5 <= len(p.de) / max(1, len(p.en)) <= 2.5
 
 
-def english_sentences(translation_en: Path) -> List[Pair]:
-    """Every unique English sentence of Translation-en (short descriptions and the sentences of prose
-    paragraphs, as ``extract_pairs`` splits them) with its package, in file order; ``de`` is empty."""
+def english_sentences(translation_en: Union[Path, Parsed]) -> List[Pair]:
+    """Every unique English sentence of Translation-en (a file or its ``parse_translation`` result: short
+    descriptions and the sentences of prose paragraphs, as ``extract_pairs`` splits them) with its
+    package, in file order; ``de`` is empty."""
     out: Dict[str, Pair] = {}
-    for pkg, desc in parse_translation(translation_en, "en").values():
+    for pkg, desc in _parsed(translation_en, "en").values():
         short, pars = _paragraphs(desc)
         for sent in [short] + [x for par in pars for x in (_sentences(par) or [])]:
             sent = clean_text(sent)
@@ -217,7 +227,8 @@ def select_text(
         spec.update(counts)
     pools: Dict[str, List[Pair]] = {s: [] for s in BASE_SPLITS}
     seen_skeletons = set()
-    for p in extract_pairs(translations["en"], translations["de"]):
+    english = parse_translation(translations["en"], "en")  # read once: the pairs and the ASR_EXTRA split
+    for p in extract_pairs(english, translations["de"]):
         if not _keep(p, spec["min_words"], spec["max_words"], spec.get("plain", False)):
             continue
         key = skeleton(p.en, p.package)
@@ -229,7 +240,7 @@ def select_text(
     if spec.get(ASR_EXTRA, 0) > 0:
         splits.append(ASR_EXTRA)
         pools[ASR_EXTRA] = []
-        for p in english_sentences(translations["en"]):
+        for p in english_sentences(english):
             if split_of(p.package) != "train" or not _keep_english(p.en, spec["min_words"], spec["max_words"],
                                                                     spec.get("plain", False)):
                 continue
