@@ -249,3 +249,42 @@ def test_int8_training_check_refuses_bad_arguments_in_one_line(tmp_path):
     assert check("--demo", demo_dir, "--runs", "int8:1", "--fork", hold + 1) == (
         f"error: --fork {hold + 1} must be within the β hold (1..{hold} updates; --hold)")
     assert not (tmp_path / "o").exists()
+
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_run_late_jobs_and_cancel_queued_ones_after_a_failure(lanes):
+    """run_demo.Lanes: a job submitted while others run (the transcripts stage queues train/test once dev's
+    WER is known, beside the SeqKD translation) runs; after a failure no queued job starts."""
+    import threading
+
+    Lanes = demo_module().Lanes
+    gate, ran = threading.Event(), []
+
+    def job(name, wait=0.0, fail=False):
+        def run():
+            gate.wait(wait)
+            ran.append(name)
+            if fail:
+                raise RuntimeError(name)
+            return name
+        return run
+
+    with Lanes(lanes) as pool:
+        slow = pool.submit(job("seqkd", wait=5 if lanes > 1 else 0))
+        assert pool.submit(job("dev")).result() == "dev"
+        late = pool.submit(job("train"))
+        gate.set()
+        assert (slow.result(), late.result()) == ("seqkd", "train")
+    assert sorted(ran) == ["dev", "seqkd", "train"]
+
+    gate.clear()
+    ran.clear()
+    with pytest.raises(RuntimeError, match="bad"):
+        with Lanes(lanes) as pool:
+            for name in ("running", "bad", "queued")[2 - lanes:]:  # two lanes: both busy when "queued" comes
+                pool.submit(job(name, wait=0.3 if lanes > 1 else 0, fail=name == "bad"))
+            if lanes > 1:
+                raise RuntimeError("bad")  # the caller fails while both lanes are busy
+    assert "queued" not in ran and (ran == ["bad"] if lanes == 1 else sorted(ran) == ["bad", "running"])
+    assert demo_module().in_lanes({"a": job("a"), "b": job("b")}, lanes) == {"a": "a", "b": "b"}

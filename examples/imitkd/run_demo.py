@@ -209,19 +209,37 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+class Lanes:
+    """At most ``lanes`` jobs (callables) at a time, submitted as they become known: ``submit(job)``
+    returns a future. Leaving the block with an exception cancels the queued jobs and waits for the
+    running ones. With one lane a job runs at once in the caller's thread and its exception propagates
+    from ``submit``, so nothing after a failure starts."""
+
+    def __init__(self, lanes: int):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes) if lanes > 1 else None
+
+    def submit(self, job) -> concurrent.futures.Future:
+        if self.pool:
+            return self.pool.submit(job)
+        f = concurrent.futures.Future()
+        f.set_result(job())
+        return f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        return False
+
+
 def in_lanes(jobs, lanes: int):
     """Run ``jobs`` ({name: callable}) at most ``lanes`` at a time; returns {name: result}. The first
     failure is raised once the running jobs have finished (queued ones are cancelled)."""
-    if lanes <= 1:
-        return {name: job() for name, job in jobs.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=lanes) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        try:
-            return {name: f.result() for name, f in futures.items()}
-        except BaseException:
-            for f in futures.values():
-                f.cancel()
-            raise
+    with Lanes(lanes) as pool:
+        runs = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: run.result() for name, run in runs.items()}
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -631,20 +649,26 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, 
         hyps = parse_hypotheses(log.read_text(encoding="utf-8"), len(refs), log)
         return round(word_error_rate(hyps, refs), 2), hyps
 
-    with clock.stage("transcripts"):
-        dev_logs = in_lanes({d: transcribe("dev", d) for d in ASR_DECODINGS}, args.lanes)
+    seqkd = None
+    if any(METHODS[m].data == "seqkd" for m in P["methods"]):  # needs no transcript: queued beside dev's
+        cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
+               "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
+               *gen_common(args)]
+        key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
+        seqkd = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
+
+    with clock.stage("transcripts"), Lanes(args.lanes) as lanes:
+        dev_runs = {d: lanes.submit(transcribe("dev", d)) for d in ASR_DECODINGS}
+        seqkd_run = lanes.submit(seqkd) if seqkd else None
+        dev_logs = {d: run.result() for d, run in dev_runs.items()}
         dev_wer = {d: split_wer("dev", dev_logs[d])[0] for d in ASR_DECODINGS}
         decoding = min(ASR_DECODINGS, key=lambda d: dev_wer[d])  # a tie keeps beam search
         clock.say(f"   ASR decoding chosen on dev: {decoding} (dev WER "
                   + ", ".join(f"{d} {w:.1f} %" for d, w in dev_wer.items()) + ")")
-        jobs = {split: transcribe(split, decoding) for split in ("train", *args.splits)}
-        if any(METHODS[m].data == "seqkd" for m in P["methods"]):
-            cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
-                   "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
-                   *gen_common(args)]
-            key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
-            jobs["seqkd"] = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
-        logs = {**in_lanes(jobs, args.lanes), "dev": dev_logs[decoding]}
+        runs = {split: lanes.submit(transcribe(split, decoding)) for split in ("train", *args.splits)}
+        logs = {**{split: run.result() for split, run in runs.items()}, "dev": dev_logs[decoding]}
+        if seqkd_run:
+            logs["seqkd"] = seqkd_run.result()
         for split in ("train", "dev"):
             _generated_manifest(corpus / f"{split}.tsv", corpus / f"{split}_kdt.tsv", ["-a", logs[split]], clock)
         if "seqkd" in logs:
