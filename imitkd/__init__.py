@@ -7,12 +7,13 @@ Use it as ``fairseq-train --user-dir <repo>/imitkd`` or through the ``imitkd-*``
 """
 from . import compat
 
-compat.apply()
+with compat.keep_root_logging():  # fairseq's import must not configure the program's logging
+    compat.apply()
 
-from .errors import ImitKDError, install_excepthook  # noqa: E402
+    from .errors import ImitKDError, install_excepthook  # noqa: E402
 
-install_excepthook()
+    install_excepthook()
 
-from . import criterions, tasks  # noqa: E402,F401
+    from . import criterions, tasks  # noqa: E402,F401
 
 __all__ = ["ImitKDError"]

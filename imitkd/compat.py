@@ -11,8 +11,15 @@
    ``data_utils.batch_by_size`` to append the dropped indices as a final, smaller batch.
 3. Raw-audio manifests (.wav/.flac): fbank through kaldi-native-fbank instead of torchaudio, which
    cannot be imported next to torch 2.13.
+4. Importing fairseq configures the *root* logger when the program has not: one of its models
+   (``fairseq.models.wav2vec.wav2vec2_classification``) calls ``logging.basicConfig(level=DEBUG)`` at
+   import time, so every library's debug records then reach stderr (e.g. 255 lines of matplotlib's font
+   search when the demo draws its plot) and fairseq-train's own log format and INFO level are ignored.
+   ``import imitkd`` undoes exactly what that import added (``keep_root_logging``); a program that
+   configured logging itself keeps its configuration.
 Each patch is idempotent.
 """
+import contextlib
 import functools
 import logging
 
@@ -50,6 +57,20 @@ def _keep_last_batch(batch_by_size):
 
     wrapper._imitkd_keeps_last_batch = True
     return wrapper
+
+
+@contextlib.contextmanager
+def keep_root_logging():
+    """Undo the root-logger handlers and level that the imports inside the block add (fix 4)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        if root.handlers != handlers or root.level != level:
+            for h in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(h)
+            root.setLevel(level)
 
 
 def apply():

@@ -1,4 +1,6 @@
 """The runtime fixes of imitkd.compat, each shown to matter."""
+import logging
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -40,3 +42,22 @@ def test_raw_audio_manifest_gives_kaldi_fbank(tmp_path):
     assert feats.shape == (58, 80)
     np.testing.assert_allclose(feats, expected, rtol=0, atol=1e-4)
     assert np.isfinite(feats).all() and feats.std() > 1.0  # a real spectrum, not a floor
+
+
+def test_import_leaves_the_programs_logging_alone():
+    """fairseq's wav2vec2_classification calls logging.basicConfig(level=DEBUG) on import; after `import imitkd`
+    a program that configured nothing still has an unconfigured root logger (no DEBUG flood on stderr), and
+    one that configured logging keeps its handler and level."""
+    import subprocess
+    import sys
+
+    probe = ("import logging{pre}; import imitkd; import fairseq.models.wav2vec.wav2vec2_classification; "
+             "root = logging.getLogger(); print(root.level, len(root.handlers)); "
+             "logging.getLogger('matplotlib').debug('font search')")
+    plain = subprocess.run([sys.executable, "-c", probe.format(pre="")], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.split() == [str(logging.WARNING), "0"] and "font search" not in plain.stderr
+    configured = subprocess.run(
+        [sys.executable, "-c", probe.format(pre="; logging.basicConfig(level=logging.INFO, format='%(message)s')")],
+        capture_output=True, text=True, timeout=300)
+    assert configured.stdout.split() == [str(logging.INFO), "1"] and "font search" not in configured.stderr
