@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -148,7 +149,12 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     # the ASR model also trained on the corpus' English-only utterances (the ci preset's asr_extra)
     n_extra = len(read_manifest(ddtp_ci / "train_asr_extra.tsv"))
     assert n_extra == demo_module().PRESETS["ci"]["asr_extra"] > 0
-    assert "--train-subset train_asr,train_asr_extra " in (out_dir / "asr" / "train.log").read_text()
+    asr_log = (out_dir / "asr" / "train.log").read_text()
+    assert "--train-subset train_asr,train_asr_extra " in asr_log
+    # ... with the ci preset's linear learning-rate decay (medium's): warm-up to the peak, 0 at the last update
+    assert "--lr-scheduler polynomial_decay" in asr_log
+    lrs = [float(x) for x in re.findall(r'"lr": "?([0-9.e-]+)', asr_log)]
+    assert len(lrs) >= 3 and max(lrs) > 1e-3 and lrs[-1] < 0.05 * max(lrs)
     assert f"and {n_extra} English-only ones (train_asr_extra.tsv)" in md
     gold = [r["src_text"] for r in read_manifest(ddtp_ci / "train.tsv")]
     asr = [r["src_text"] for r in read_manifest(ddtp_ci / "train_kdt.tsv")]
@@ -223,6 +229,17 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     runs = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
                                   if k.startswith(("expert", "asr", "student")))
+
+
+def test_linear_lr_decay_refuses_a_time_cap():
+    """A linear decay ends at --max-update; under a wall-clock cap it would stop at a high learning rate."""
+    demo = demo_module()
+    P = dict(demo.PRESETS["small"], asr_lr_schedule="linear")
+    with pytest.raises(demo.DemoError, match="asr: a linear learning-rate decay needs a fixed number of updates"):
+        demo.s2t_cmd(SimpleNamespace(), P, Path("corpus"), "asr", "train_asr", "dev_asr", Path("asr"))
+    assert demo.lr_schedule_flags("linear", 250, 7200)[:2] == ["--lr-scheduler", "polynomial_decay"]
+    with pytest.raises(demo.DemoError, match="unknown learning-rate schedule 'cosine'"):
+        demo.lr_schedule_flags("cosine", 250, 7200)
 
 
 def test_int8_training_check_refuses_bad_arguments_in_one_line(tmp_path):
