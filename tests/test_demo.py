@@ -173,6 +173,14 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert len(betas) >= 3 and betas[0] > 0.5 and betas[-1] < 0.1 and betas == sorted(betas, reverse=True)
     assert max(r["rollout_frac"] for r in train) > 0.5
     assert dev and all(r["nll"] is not None for r in dev)
+    # every validation decoded dev greedily (the BLEU curve), and the ci preset picks checkpoints by it
+    assert all(r["bleu"] is not None and 0 <= r["bleu"] <= 100 for r in dev)
+    assert "--best-checkpoint-metric bleu --maximize-best-checkpoint-metric" in (students / "imitkdt" / "train.log").read_text()
+    for row in results["rows"]:  # the table names the update of the checkpoint it scored: the best dev BLEU
+        curve = [(u, b) for u, b in row["dev_bleu_curve"]]
+        assert row["checkpoint_update"] in [u for u, _ in curve]
+        assert dict(curve)[row["checkpoint_update"]] == max(b for _, b in curve)
+        assert rows[row["method"]][-2] == str(row["checkpoint_update"])
     wkd_train, _ = demo_module().curves(students / "word_kd" / "train.log")
     assert {r["beta"] for r in wkd_train} == {1.0}
 

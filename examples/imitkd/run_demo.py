@@ -25,14 +25,16 @@ cores, without a GPU or any download but Debian's package index:
    see 6): every student's encoder starts from the ASR model
    (``--load-pretrained-encoder-from``, frozen for ``--encoder-freezing-updates``) and keeps a CTC
    loss on the transcript; then NLL, word-level KD, ImitKD-full, ImitKD-optimal, KDT and ImitKDT
-   (medium adds SeqKD and ImitKD*), with the same updates and seed;
+   (medium adds SeqKD and ImitKD*), with the same updates and seed. Every validation also decodes dev
+   greedily (the dev BLEU curve); ``checkpoint_best.pt`` is the best dev NLL or, with the preset's
+   ``student_select`` "bleu", the best of that dev BLEU;
 6. **evaluation**: each student decodes ``dev`` with every decoding of ``--decodings`` (beam 5, beam 5
    with length penalty 2, greedy) and is scored on ``test`` and ``test_unseen`` (the same sentences
    spoken by held-out voices) with the one that has its best dev BLEU, and with beam 5 for reference;
    detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values (sacrebleu, 1000
    resamples) of every method against NLL and of ImitKD-full against word-KD;
-7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss curves
-   of the ASR model and every student, BLEU bars).
+7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss and
+   dev-BLEU curves of every student, BLEU bars).
 
 Every setting was chosen on dev (never on test); ``results.md`` names the commit and the machine.
 Every stage is skipped when its output exists with the same settings, so an interrupted demo
@@ -125,7 +127,7 @@ PRESETS = {
         asr_updates=100, asr_stop_hours=0, asr_lr=2e-3, asr_warmup=50, asr_ctc_weight=0.5, asr_max_tokens=20000,
         asr_extra=30, asr_lr_schedule="linear",
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
-        encoder_freezing=10,
+        encoder_freezing=10, student_select="bleu",
         beta_hold=0, transcribe_beam=1, log_interval=10, validate_every=50,
     ),
     # chosen on dev (see README): the ASR model and the expert train side by side for at most their
@@ -142,7 +144,7 @@ PRESETS = {
         asr_updates=2400, asr_stop_hours=0.27, asr_lr=5e-3, asr_warmup=250, asr_ctc_weight=0.5, asr_max_tokens=10000,
         asr_extra=0, asr_lr_schedule="inverse_sqrt",
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
-        encoder_freezing=200,
+        encoder_freezing=200, student_select="nll",
         beta_hold=500, transcribe_beam=4, log_interval=50, validate_every=200,
     ),
 }
@@ -151,14 +153,17 @@ PRESETS = {
 # improving when stopped, and the student updates; medium adds SeqKD and ImitKD*. Its expert keeps the
 # batches it was measured with (2,800 updates of 4,096 tokens). Its ASR stage also reads 16,000 English-only
 # utterances: on the 4,698 pairs alone it overfits from ~4,000 updates on (train NLL 0.9, dev 2.0 bits) and
-# ends at 60.2 % CTC dev WER; with them, 46.7 % at 6,400 updates (dev probe at 4c757de, README). With no
-# time cap its learning rate decays linearly to 0 over the 7,200 updates instead of as 1/√update (which
-# leaves it at 0.9e-3, a fifth of the peak, while the dev WER is still falling)
+# ends at 60.2 % CTC dev WER; with them, 46.7 % at 6,400 updates (dev probe at 4c757de, README). Its
+# learning rate stays 1/√update: a linear decay to 0 (asr_lr_schedule "linear", run at 617925e) lowered
+# the attention decoder's dev WER (53.0 → 42.9 %) but raised the CTC head's (45.8 → 52.5 %), and the
+# six students built on that encoder all had a higher dev NLL (+0.07 to +0.11 bits), five a lower dev BLEU
+# (README). Its students keep the checkpoint of the best greedy dev BLEU: the best dev NLL (the default)
+# kept ImitKD-optimal's update 1,000 (β still 1) and ImitKDT's 1,200 of 2,000, and their last checkpoints
+# decode dev 0.8 / 1.0 BLEU better (ImitKD-full 1,400: +0.3; NLL, word-KD and KDT: best = last)
 PRESETS["medium"] = dict(
     PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=7200, asr_stop_hours=0, asr_extra=16000,
-    asr_lr_schedule="linear",
-    student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
+    student_select="bleu", student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
@@ -724,6 +729,11 @@ def student_cmd(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method
                 "--expert-sentencepiece-model", corpus / "spm_joint.model"]
     if method.imitation and P["beta_hold"]:
         cmd += ["--beta-hold-updates", P["beta_hold"]]
+    # every validation also decodes dev greedily (the dev BLEU curve); with student_select "bleu" that
+    # BLEU, not the teacher-forced gold NLL, picks checkpoint_best.pt
+    cmd += ["--eval-bleu", "--eval-bleu-args", json.dumps(dict(beam=1, max_len_a=0, max_len_b=args.max_len))]
+    if P["student_select"] == "bleu":
+        cmd += ["--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
     return cmd
 
 
@@ -868,7 +878,7 @@ def significance(args, P, corpus: Path, results) -> dict:
 # --------------------------------------------------------------------------- report
 def curves(log: Path):
     """From a training log: train_inner records (update, beta, rollout_frac, loss) and dev records
-    (update, gold NLL in bits)."""
+    (update, gold NLL in bits, the validation loss, greedy BLEU or None)."""
     records = parse_json_log(log.read_text(encoding="utf-8").splitlines()) if log.is_file() else []
     train, dev = [], []
     for tag, s in records:
@@ -877,11 +887,23 @@ def curves(log: Path):
                               rollout_frac=_f(s.get("rollout_frac")), loss=_f(s.get("loss"))))
         elif tag != "train":
             p = f"{tag}_"
-            dev.append(dict(update=int(s.get(p + "num_updates", 0)), nll=_f(s.get(p + "nll_loss", s.get(p + "loss")))))
+            dev.append(dict(update=int(s.get(p + "num_updates", 0)), nll=_f(s.get(p + "nll_loss", s.get(p + "loss"))),
+                            loss=_f(s.get(p + "loss")), bleu=_f(s.get(p + "bleu"))))
     dedup = {}
     for r in dev:  # a resumed run may repeat an update count: keep the last
         dedup[r["update"]] = r
     return train, sorted(dedup.values(), key=lambda r: r["update"])
+
+
+def best_update(dev, select: str):
+    """The update of checkpoint_best.pt: fairseq's best validation (lowest loss, or highest BLEU with
+    ``select`` "bleu"; the later one on a tie, as fairseq's ``<=``); None without validations."""
+    metric = "bleu" if select == "bleu" else "loss"
+    pts = [r for r in dev if r[metric] is not None]
+    if not pts:
+        return None
+    sign = -1 if metric == "bleu" else 1
+    return min(pts, key=lambda r: (sign * r[metric], -r["update"]))["update"]
 
 
 def _f(v):
@@ -930,7 +952,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
     head += [f"p vs NLL ({s})" for s in splits]
     head += ["decoding (dev BLEU)", f"BLEU test, {REFERENCE_DECODING}", "distinct (test)", "best dev NLL (bits)",
-             "train time"]
+             "checkpoint (update)", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = []
     for key in P["methods"]:
@@ -944,10 +966,13 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         chosen = ev["chosen"]
         distinct = distinct_outputs(args, results[(key, "test")]["system"])
         t = students[key]["train_seconds"]
+        ckpt_update = best_update(dev, P["student_select"])
         cells += [f"{chosen} ({ev['dev'][chosen]['bleu']:.2f})", f"{ev['reference:test']['bleu']:.2f}",
-                  f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-", fmt_time(t)]
+                  f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-",
+                  "-" if ckpt_update is None else str(ckpt_update), fmt_time(t)]
         lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
         rows.append(dict(method=m.name, key=key, criterion=m.criterion, data=m.data, train_seconds=t, best_dev_nll=best,
+                         checkpoint_update=ckpt_update, dev_bleu_curve=[(r["update"], r["bleu"]) for r in dev],
                          distinct_test=distinct, p_vs_nll=ps, decoding=chosen,
                          dev_bleu={d: r["bleu"] for d, r in ev["dev"].items()},
                          **{f"bleu_test_{REFERENCE_DECODING}": ev["reference:test"]["bleu"]},
@@ -958,7 +983,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     ex_best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
     cells = [f"{ex['bleu']:.2f}", f"{ex['chrf']:.2f}"] + ["–", "–"] * (len(splits) - 1) + ["–"] * len(splits)
     cells += [REFERENCE_DECODING, f"{ex['bleu']:.2f}", f"{distinct_outputs(args, 'expert')}/{n_test}",
-              f"{ex_best:.3f}" if ex_best is not None else "-", fmt_time(ex_time)]
+              f"{ex_best:.3f}" if ex_best is not None else "-", str(best_update(expert_dev, "loss") or "-"),
+              fmt_time(ex_time)]
     lines.append("| expert NMT, reads the English *text* (ceiling) | " + " | ".join(cells) + " |")
     asr_done = json.loads((args.out / "asr" / "done.json").read_text())
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
@@ -980,7 +1006,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         f"Students and ASR: s2t_transformer {P['enc_layers']}+{P['dec_layers']} layers, d={P['dim']}, conv "
         f"{P['conv_kernels']}; students {P['student_updates']} updates each (batches of ≤{P['student_max_tokens']} frames), "
         f"encoder from the ASR model, frozen for {P['encoder_freezing']} updates, CTC weight "
-        f"{P['student_ctc_weight']} on the transcript; seed {args.seed}; the checkpoint with the best dev NLL; "
+        f"{P['student_ctc_weight']} on the transcript; seed {args.seed}; the checkpoint with the best dev "
+        + ("BLEU (greedy, every validation)" if P["student_select"] == "bleu" else "NLL") + "; "
         "detokenized sacreBLEU and chrF (sacrebleu API).",
         "Decoding: each student is scored (BLEU, chrF, p-values, distinct) with the decoding that has its best dev "
         f"BLEU among {', '.join(f'{d} ({decoding_flags(d)})' for d in args.decodings)}; the "
@@ -1014,7 +1041,7 @@ def plot(args, P, results, path: Path):
 
     from imitkd.beta import BetaSchedule
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     ax = axes[0]
     for key in P["methods"]:
         if METHODS[key].imitation:
@@ -1042,6 +1069,14 @@ def plot(args, P, results, path: Path):
     ax.set(title="dev loss (teacher-forced gold NLL)", xlabel="update", ylabel="bits per token")
     ax.legend(fontsize=7)
     ax = axes[2]
+    for key in P["methods"]:
+        _, dev = curves(args.out / "students" / key / "train.log")
+        pts = [(r["update"], r["bleu"]) for r in dev if r["bleu"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-", ms=3, label=METHODS[key].name)
+    ax.set(title="dev BLEU during training (greedy)", xlabel="update", ylabel="BLEU")
+    ax.legend(fontsize=7)
+    ax = axes[3]
     keys = list(P["methods"])
     width = 0.8 / len(args.splits)
     for i, split in enumerate(args.splits):

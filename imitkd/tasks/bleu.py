@@ -79,7 +79,7 @@ def reduce_metrics(logging_outputs):
 
     counts = [total(f"_bleu_counts_{i}") for i in range(ORDER)]
     totals = [total(f"_bleu_totals_{i}") for i in range(ORDER)]
-    if max(totals) <= 0:
+    if total("_bleu_ref_len") <= 0:  # no --eval-bleu statistics (empty hypotheses still log BLEU 0)
         return
     metrics.log_scalar("_bleu_counts", np.array(counts))
     metrics.log_scalar("_bleu_totals", np.array(totals))
