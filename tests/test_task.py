@@ -68,3 +68,20 @@ def test_a_missing_text_column_names_the_manifest_and_who_reads_it(toy):
                                           r"speaker, src_text\); --ctc-weight reads it"):
         toydata.build_in_process(toy, "imit_kd_CE", ["--ctc-weight", "0.3", "--ctc-src-column", "asr_text"],
                                  split="dev")
+
+
+def test_eval_bleu_logs_zero_for_empty_hypotheses():
+    """A student that decodes dev to empty strings scores BLEU 0 (fairseq's --best-checkpoint-metric bleu
+    needs the key); without --eval-bleu statistics nothing is logged."""
+    from fairseq import metrics
+
+    from imitkd.tasks import bleu
+
+    empty = {"_bleu_sys_len": 0, "_bleu_ref_len": 12, **{f"_bleu_counts_{i}": 0 for i in range(4)},
+             **{f"_bleu_totals_{i}": 0 for i in range(4)}}
+    with metrics.aggregate() as agg:
+        bleu.reduce_metrics([empty])
+        assert agg.get_smoothed_values()["bleu"] == 0
+    with metrics.aggregate() as agg:
+        bleu.reduce_metrics([{}])
+        assert "bleu" not in agg.get_smoothed_values()
