@@ -151,7 +151,7 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert n_extra == demo_module().PRESETS["ci"]["asr_extra"] > 0
     asr_log = (out_dir / "asr" / "train.log").read_text()
     assert "--train-subset train_asr,train_asr_extra " in asr_log
-    # ... with the ci preset's linear learning-rate decay (medium's): warm-up to the peak, 0 at the last update
+    # ... with the ci preset's linear learning-rate decay (asr_lr_schedule): warm-up to the peak, 0 at the last update
     assert "--lr-scheduler polynomial_decay" in asr_log
     lrs = [float(x) for x in re.findall(r'"lr": "?([0-9.e-]+)', asr_log)]
     assert len(lrs) >= 3 and max(lrs) > 1e-3 and lrs[-1] < 0.05 * max(lrs)
@@ -177,9 +177,9 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert all(r["bleu"] is not None and 0 <= r["bleu"] <= 100 for r in dev)
     assert "--best-checkpoint-metric bleu --maximize-best-checkpoint-metric" in (students / "imitkdt" / "train.log").read_text()
     for row in results["rows"]:  # the table names the update of the checkpoint it scored: the best dev BLEU
-        curve = [(u, b) for u, b in row["dev_bleu_curve"]]
-        assert row["checkpoint_update"] in [u for u, _ in curve]
-        assert dict(curve)[row["checkpoint_update"]] == max(b for _, b in curve)
+        curve = dict(row["dev_bleu_curve"])  # update -> greedy dev BLEU
+        assert row["checkpoint_update"] in curve
+        assert curve[row["checkpoint_update"]] == max(curve.values())
         assert rows[row["method"]][-2] == str(row["checkpoint_update"])
     wkd_train, _ = demo_module().curves(students / "word_kd" / "train.log")
     assert {r["beta"] for r in wkd_train} == {1.0}

@@ -581,12 +581,13 @@ def s2t_cmd(args, P, corpus, stage: str, train_subset, valid_subset, save_dir):
     """fairseq-train of a speech model; ``stage`` ("asr" or "student") picks the preset's
     ``<stage>_lr``, ``_warmup``, ``_updates`` and ``_max_tokens`` (batch size in frames)."""
     updates, warmup = P[f"{stage}_updates"], P[f"{stage}_warmup"]
-    if P.get(f"{stage}_lr_schedule") == "linear" and P.get(f"{stage}_stop_hours"):
+    schedule = P.get(f"{stage}_lr_schedule", "inverse_sqrt")
+    if schedule == "linear" and P.get(f"{stage}_stop_hours"):
         raise DemoError(f"{stage}: a linear learning-rate decay needs a fixed number of updates, not a time cap")
     return [_exe("imitkd-train"), corpus, "--task", "speech_to_text_kd", "--config-yaml", model_config(args, corpus),
             "--train-subset", train_subset, "--valid-subset", valid_subset, *s2t_flags(P), *COMMON,
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P[f"{stage}_lr"],
-            *lr_schedule_flags(P.get(f"{stage}_lr_schedule", "inverse_sqrt"), min(warmup, updates // 2 or 1), updates),
+            *lr_schedule_flags(schedule, min(warmup, updates // 2 or 1), updates),
             "--clip-norm", "10.0", "--max-tokens", P[f"{stage}_max_tokens"], "--max-update", updates, *_interval_flags(P, updates),
             "--save-dir", save_dir]
 
@@ -1056,26 +1057,21 @@ def plot(args, P, results, path: Path):
     ax.plot(range(1, T + 1), [schedule(k - 1) for k in range(1, T + 1)], "-", color="gray", lw=1, label="schedule")
     ax.set(title="ImitKD: β (gold-prefix probability)", xlabel="update", ylabel="β", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
-    ax = axes[1]
-    for key in P["methods"]:
+    for key in P["methods"]:  # dev NLL and dev BLEU curves of every student
         _, dev = curves(args.out / "students" / key / "train.log")
-        pts = [(r["update"], r["nll"]) for r in dev if r["nll"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), "o-", ms=3, label=METHODS[key].name)
+        for ax, measure in ((axes[1], "nll"), (axes[2], "bleu")):
+            pts = [(r["update"], r[measure]) for r in dev if r[measure] is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", ms=3, label=METHODS[key].name)
+    ax = axes[1]
     _, expert_dev = curves(args.out / "expert" / "train.log")
     best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
     if best is not None:
         ax.axhline(best, color="gray", ls="--", label="expert (text input)")
     ax.set(title="dev loss (teacher-forced gold NLL)", xlabel="update", ylabel="bits per token")
     ax.legend(fontsize=7)
-    ax = axes[2]
-    for key in P["methods"]:
-        _, dev = curves(args.out / "students" / key / "train.log")
-        pts = [(r["update"], r["bleu"]) for r in dev if r["bleu"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), "o-", ms=3, label=METHODS[key].name)
-    ax.set(title="dev BLEU during training (greedy)", xlabel="update", ylabel="BLEU")
-    ax.legend(fontsize=7)
+    axes[2].set(title="dev BLEU during training (greedy)", xlabel="update", ylabel="BLEU")
+    axes[2].legend(fontsize=7)
     ax = axes[3]
     keys = list(P["methods"])
     width = 0.8 / len(args.splits)
