@@ -5,7 +5,6 @@ train/generate/validate also take ``--trust-checkpoint`` (see ``imitkd.checkpoin
 before fairseq parses it), and their ``-h``/``--help`` lists the flags of the chosen task, criterion and
 the other chosen components (``imitkd.cli_help``), which fairseq's own help never shows.
 """
-import os
 import sys
 
 import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
@@ -23,12 +22,6 @@ def _run(main, loads_checkpoints=False):
     except ImitKDError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2)
-    # Everything is written (fairseq saves checkpoints synchronously). Skip interpreter teardown: on this
-    # CPU build a native thread pool occasionally aborts there ("terminate called without an active
-    # exception", exit -6) after a successful run, which would turn a finished job into a failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def train():

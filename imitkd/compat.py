@@ -17,6 +17,9 @@
    search when the demo draws its plot) and fairseq-train's own log format and INFO level are ignored.
    ``import imitkd`` undoes exactly what that import added (``keep_root_logging``); a program that
    configured logging itself keeps its configuration.
+5. fairseq's batch-prefetching daemon threads are stopped at exit (``imitkd.prefetch_exit``): otherwise a
+   finished run sporadically aborts during interpreter shutdown ("terminate called without an active
+   exception", exit -6).
 Each patch is idempotent.
 """
 import contextlib
@@ -26,7 +29,7 @@ import logging
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, prefetch_exit
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +91,4 @@ def apply():
     if not getattr(data_utils.batch_by_size, "_imitkd_keeps_last_batch", False):
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
     audio_utils.get_fbank = fbank_from_file
+    prefetch_exit.install()

@@ -1,5 +1,10 @@
 """The runtime fixes of imitkd.compat, each shown to matter."""
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +66,47 @@ def test_import_leaves_the_programs_logging_alone():
         [sys.executable, "-c", probe.format(pre="; logging.basicConfig(level=logging.INFO, format='%(message)s')")],
         capture_output=True, text=True, timeout=300)
     assert configured.stdout.split() == [str(logging.INFO), "1"] and "font search" not in configured.stderr
+
+
+_EXITS_WHILE_PREFETCHING = """
+import sys
+import torch
+torch.set_num_threads(1)
+if sys.argv[1] == "plugin":
+    import imitkd  # noqa: F401
+from fairseq.data.iterators import BufferedIterator
+
+class SlowBatches:  # each batch is one torch op of ~0.1 s, run in fairseq's prefetch thread
+    def __len__(self):
+        return 100
+    def __iter__(self):
+        x = torch.randn(1000, 1000)
+        for _ in range(100):
+            yield (x @ x @ x).sum()
+
+batches = BufferedIterator(1, SlowBatches())
+next(batches)  # then return while the prefetch thread is inside the next matmul
+print("done")
+"""
+
+
+def test_exit_while_fairseq_prefetches_a_batch_does_not_abort(tmp_path):
+    """A run that stops early (e.g. --max-update) returns while fairseq's daemon prefetch thread is inside a
+    torch op; without the exit hook CPython 3.11 aborts the finished process ("terminate called without
+    an active exception", SIGABRT)."""
+    script = tmp_path / "stop_early.py"
+    script.write_text(_EXITS_WHILE_PREFETCHING)
+
+    env = {**os.environ, "PYTHONPATH": str(Path(imitkd.__file__).parents[1])}  # the imitkd under test
+
+    def run(mode):
+        return subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120,
+                              env=env)
+
+    if sys.version_info < (3, 14):  # 3.14 parks such threads instead of unwinding them
+        bare = run("bare")
+        assert bare.returncode == -signal.SIGABRT and "terminate called" in bare.stderr, bare.stderr[-500:]
+    for _ in range(3):
+        fixed = run("plugin")
+        assert fixed.returncode == 0 and fixed.stdout == "done\n", fixed.stderr[-2000:]
+        assert "terminate called" not in fixed.stderr
