@@ -10,7 +10,6 @@ Rows are grouped by where the input goes: manifests, task flags, checkpoints/exp
 the dataset script, data preparation and the corpus builder.
 """
 import importlib.util
-import os
 import re
 import shutil
 import signal
@@ -74,24 +73,14 @@ def student_ckpt(toy, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------- commands
-class _Exit(SystemExit):
-    pass
-
-
-def _exit(code):
-    raise _Exit(code)
-
-
 def _console_script(entry, argv):
     """Run a console script's entry point (``imitkd.cli.train`` ...) with ``argv``; returns (status, stderr
-    text). ``cli._run`` ends a successful run with ``os._exit(0)``: here that raises instead. An exception
-    other than SystemExit is what a user would see as a traceback: status 'traceback'."""
+    text). An exception other than SystemExit is what a user would see as a traceback: status 'traceback'."""
     from io import StringIO
 
     err = StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", [entry.__name__, *map(str, argv)])
-        mp.setattr(os, "_exit", _exit)
         mp.setattr(sys, "stderr", err)
         try:
             entry()
