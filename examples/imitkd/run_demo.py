@@ -157,14 +157,14 @@ PRESETS = {
 # learning rate stays 1/√update: a linear decay to 0 (asr_lr_schedule "linear", run at 617925e) lowered
 # the attention decoder's dev WER (53.0 → 42.9 %) but raised the CTC head's (45.8 → 52.5 %), and the
 # six students built on that encoder all had a higher dev NLL (+0.07 to +0.11 bits), five a lower dev BLEU
-# (README). Students (small too) keep the checkpoint of the best greedy dev BLEU: in medium the best dev
-# NLL kept ImitKD-optimal's update 1,000 (β still 1) and ImitKDT's 1,200 of 2,000, and their last checkpoints
-# decode dev 0.8 / 1.0 BLEU better (ImitKD-full 1,400: +0.3; NLL, word-KD and KDT: best = last); small's
-# ImitKD students hold β = 1 for 500 of 1,000 updates, the same situation
+# (README). Students keep the checkpoint of the best greedy dev BLEU (small's student_select, inherited):
+# in medium the best dev NLL kept ImitKD-optimal's update 1,000 (β still 1) and ImitKDT's 1,200 of 2,000,
+# and their last checkpoints decode dev 0.8 / 1.0 BLEU better (ImitKD-full 1,400: +0.3; NLL, word-KD and
+# KDT: best = last); small's ImitKD students hold β = 1 for 500 of 1,000 updates, the same situation
 PRESETS["medium"] = dict(
     PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=7200, asr_stop_hours=0, asr_extra=16000,
-    student_select="bleu", student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
+    student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
