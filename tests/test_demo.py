@@ -313,3 +313,52 @@ def test_lanes_run_late_jobs_and_cancel_queued_ones_after_a_failure(lanes):
                 raise RuntimeError("bad")  # the caller fails while both lanes are busy
     assert "queued" not in ran and (ran == ["bad"] if lanes == 1 else sorted(ran) == ["bad", "running"])
     assert demo_module().in_lanes({"a": job("a"), "b": job("b")}, lanes) == {"a": "a", "b": "b"}
+
+
+def _processes_naming(text: str, exclude=()):
+    """PIDs of the live processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in exclude:
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc")
+def test_a_signal_to_the_demo_stops_its_training_runs(ddtp_ci, tmp_path):
+    """``kill <demo>`` (a scheduler's timeout, a closed terminal: the signal reaches the demo alone) also
+    ends the ASR and expert runs it started; left running they would train on into --out, beside the
+    resumed demo's own runs of the same stage. Exit status 128 + 15, one line saying how to resume."""
+    import signal
+    import threading
+    import time
+
+    out_dir = tmp_path / "demo"
+    demo = subprocess.Popen([sys.executable, str(DEMO), "--size", "ci", "--out", str(out_dir), "--corpus", str(ddtp_ci),
+                             "--expert-updates", "100000", "--asr-updates", "100000"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    runs = [f"--save-dir {out_dir / name}" for name in ("asr", "expert")]  # the two fairseq-train runs
+    deadline = time.time() + 300
+    while not all(_processes_naming(run, exclude={demo.pid}) for run in runs):
+        assert demo.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.5)
+    children = {run: _processes_naming(run, exclude={demo.pid}) for run in runs}
+
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=120) == 128 + signal.SIGTERM
+    reader.join(timeout=10)
+    assert "SIGTERM: stopped (its training runs too); run the same command again to resume" in "".join(lines)
+    deadline = time.time() + 30
+    while any(_processes_naming(run) for run in runs) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not [pid for run in runs for pid in _processes_naming(run)], children

@@ -40,6 +40,8 @@ Every setting was chosen on dev (never on test); ``results.md`` names the commit
 Every stage is skipped when its output exists with the same settings, so an interrupted demo
 resumes where it stopped (an interrupted fairseq run resumes from its ``checkpoint_last.pt``);
 ``--force`` redoes the models and evaluations, ``--rebuild-corpus`` also re-synthesises the corpus.
+SIGINT, SIGTERM or SIGHUP to the demo alone (``kill``, a scheduler's timeout) also stops the runs it
+started (exit status 128 + the signal), so none goes on writing into ``--out``.
 
 Layout of ``--out``::
 
@@ -64,6 +66,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -254,6 +257,70 @@ def in_lanes(jobs, lanes: int):
 
 
 # --------------------------------------------------------------------------- subprocesses
+class Interrupted(KeyboardInterrupt):
+    """The demo got SIGINT, SIGTERM or SIGHUP (``signum``); its running children have been told to stop."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Children:
+    """The demo's running child processes (fairseq runs, decodings). A signal to the demo alone
+    (``kill``, a scheduler's timeout, a closed terminal) would otherwise end the demo and leave them
+    training into ``--out``, where a resumed demo would start a second run of the same stage;
+    ``stop`` terminates them, and no new one starts after it."""
+
+    def __init__(self):
+        self.procs, self.lock, self.stopped = set(), threading.RLock(), None  # (re-entered by a signal)
+
+    def popen(self, cmd, **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.stopped is not None:
+                raise Interrupted(self.stopped)
+            proc = subprocess.Popen([str(c) for c in cmd], **kwargs)
+            self.procs.add(proc)
+            return proc
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def run(self, cmd, **kwargs) -> subprocess.CompletedProcess:
+        """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT, text=True, **kwargs)`` as a tracked child."""
+        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        try:
+            out, _ = proc.communicate()
+        finally:
+            self.forget(proc)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+    def stop(self, signum: int) -> None:
+        with self.lock:
+            self.stopped = signum
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+
+CHILDREN = Children()
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _on_signal(signum, frame):
+    CHILDREN.stop(signum)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> dict:
+    """SIGINT/SIGTERM/SIGHUP end the children too (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    sigs = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+    return {sig: signal.signal(sig, _on_signal) for sig in sigs}
+
+
 def _exe(name: str) -> str:
     path = VENV_BIN / name
     if not path.exists():
@@ -291,6 +358,20 @@ def parse_json_log(lines):
     return out
 
 
+def _progress(line: str, clock: Clock, label: str, total=None) -> None:
+    """Print one console line for a fairseq progress or validation record."""
+    for tag, s in parse_json_log([line]):
+        if tag == "train_inner":
+            extra = "".join(f" {k} {s[k]}" for k in ("beta", "ctc_loss", "expert_accuracy") if k in s)
+            of = f"/{total}" if total else ""
+            clock.say(f"   [{label}] update {s.get('num_updates')}{of} loss {s.get('loss')} "
+                      f"nll {s.get('nll_loss')}{extra} ({s.get('ups')} updates/s)")
+        elif tag != "train":
+            p = f"{tag}_"
+            clock.say(f"   [{label}] {tag} @ {s.get(p + 'num_updates')} updates: gold NLL "
+                      f"{s.get(p + 'nll_loss')} bits")
+
+
 def run_logged(cmd, log_path: Path, clock: Clock, label: str, threads: int, quiet: bool = False, total=None) -> float:
     """Run ``cmd``, append its output to ``log_path`` and print one line per fairseq progress /
     validation record. Returns the wall time; raises DemoError naming the log on failure."""
@@ -299,25 +380,18 @@ def run_logged(cmd, log_path: Path, clock: Clock, label: str, threads: int, quie
     with open(log_path, "a", encoding="utf-8") as log:
         log.write("$ " + " ".join(map(str, cmd)) + "\n")
         log.flush()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, env=_env(threads), cwd=REPO)
+        proc = CHILDREN.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              env=_env(threads), cwd=REPO)
         tail = []
-        for line in proc.stdout:
-            log.write(line)
-            tail = (tail + [line.rstrip()])[-30:]
-            if quiet:
-                continue
-            for tag, s in parse_json_log([line]):
-                if tag == "train_inner":
-                    extra = "".join(f" {k} {s[k]}" for k in ("beta", "ctc_loss", "expert_accuracy") if k in s)
-                    of = f"/{total}" if total else ""
-                    clock.say(f"   [{label}] update {s.get('num_updates')}{of} loss {s.get('loss')} "
-                              f"nll {s.get('nll_loss')}{extra} ({s.get('ups')} updates/s)")
-                elif tag != "train":
-                    p = f"{tag}_"
-                    clock.say(f"   [{label}] {tag} @ {s.get(p + 'num_updates')} updates: gold NLL "
-                              f"{s.get(p + 'nll_loss')} bits")
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail = (tail + [line.rstrip()])[-30:]
+                if not quiet:
+                    _progress(line, clock, label, total)
+            rc = proc.wait()
+        finally:
+            CHILDREN.forget(proc)
     if rc != 0:
         errors = [line for line in tail if line.startswith("error:") or "Error" in line]
         why = errors[-1] if errors else (tail[-1] if tail else "no output")
@@ -610,8 +684,7 @@ def generate(args, clock, cmd, log: Path, key: str, label: str) -> Path:
     if log.is_file() and done.is_file() and done.read_text() == key and not args.force:
         return log
     t = time.time()
-    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=_env(args.threads), cwd=REPO)
+    proc = CHILDREN.run(cmd, env=_env(args.threads), cwd=REPO)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("$ " + " ".join(map(str, cmd)) + "\n" + proc.stdout, encoding="utf-8")
     if proc.returncode != 0:
@@ -712,7 +785,7 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, 
 
 def _generated_manifest(src: Path, out: Path, flags, clock):
     cmd = [sys.executable, DATASET_SCRIPT, "-d", src, *flags, "-O", out]
-    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = CHILDREN.run(cmd)
     if proc.returncode != 0:
         raise DemoError(f"{DATASET_SCRIPT.name} failed: {proc.stdout.strip().splitlines()[-1:]}")
     clock.say(f"   wrote {out.name} ({' '.join(map(str, flags[:1]))}: {Path(flags[1]).name})")
@@ -1153,6 +1226,7 @@ def main(argv=None) -> int:
         args.splits = ("test",)
     clock = Clock()
     clock.say(f"ImitKD demo: size {args.size}, output {args.out}, {args.lanes} lanes × {args.threads} thread(s)")
+    previous = install_signal_handlers()
     try:
         corpus = stage_corpus(args, P, clock)
         models = in_lanes({"asr": lambda: stage_asr(args, P, corpus, clock),
@@ -1168,9 +1242,15 @@ def main(argv=None) -> int:
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        CHILDREN.stop(signum)
+        print(f"\n{signal.Signals(signum).name}: stopped (its training runs too); run the same command again to resume",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     total = time.time() - clock.t0
     runs = []
     try:  # one record per invocation: a resumed demo keeps the times of the stages it skipped
