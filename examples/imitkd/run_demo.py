@@ -314,11 +314,14 @@ def _on_signal(signum, frame):
 
 
 def install_signal_handlers() -> dict:
-    """SIGINT/SIGTERM/SIGHUP end the children too (main thread only); returns the previous handlers."""
+    """SIGINT/SIGTERM/SIGHUP end the children too (main thread only), where they still have Python's
+    default handling (as in create_wmt19_generated_dataset.py: nohup's ignored SIGHUP stays ignored);
+    returns the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     sigs = [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
-    return {sig: signal.signal(sig, _on_signal) for sig in sigs}
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    return {sig: signal.signal(sig, _on_signal) for sig in sigs if signal.getsignal(sig) in defaults}
 
 
 def _exe(name: str) -> str:
