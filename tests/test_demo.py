@@ -312,7 +312,45 @@ def test_lanes_run_late_jobs_and_cancel_queued_ones_after_a_failure(lanes):
             if lanes > 1:
                 raise RuntimeError("bad")  # the caller fails while both lanes are busy
     assert "queued" not in ran and (ran == ["bad"] if lanes == 1 else sorted(ran) == ["bad", "running"])
-    assert demo_module().in_lanes({"a": job("a"), "b": job("b")}, lanes) == {"a": "a", "b": "b"}
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_run_graph_starts_a_job_when_its_dependencies_are_done(lanes):
+    """run_demo.run_graph, as the demo uses it: the NLL student (needs the ASR model) starts while the
+    expert still trains, KD waits for both; a job gets its dependencies' results; after a failure
+    nothing more starts."""
+    import threading
+
+    run_graph = demo_module().run_graph
+    expert_may_finish, log = threading.Event(), []
+
+    def job(name, deps=(), fail=False):
+        def run(results):
+            if name == "expert" and lanes > 1:
+                assert expert_may_finish.wait(5), "the NLL student did not start while the expert trained"
+            log.append(name)
+            if name == "nll":
+                expert_may_finish.set()
+            if fail:
+                raise RuntimeError(name)
+            return name + "(" + ",".join(results[d] for d in deps) + ")"
+        return run, deps
+
+    jobs = {"asr": job("asr"), "expert": job("expert"), "kd": job("kd", ("asr", "expert")),
+            "nll": job("nll", ("asr",))}
+    done = run_graph(jobs, lanes)
+    assert done == {"asr": "asr()", "expert": "expert()", "nll": "nll(asr())", "kd": "kd(asr(),expert())"}
+    assert log.index("kd") > max(log.index("asr"), log.index("expert"))
+    if lanes > 1:
+        assert log.index("nll") < log.index("expert")
+
+    log.clear()
+    expert_may_finish.set()
+    with pytest.raises(RuntimeError, match="asr"):
+        run_graph({"asr": job("asr", fail=True), "nll": job("nll", ("asr",)), "more": job("more")}, lanes)
+    assert "nll" not in log and (lanes > 1 or log == ["asr"])
+    with pytest.raises(ValueError, match="unknown dependencies"):
+        run_graph({"kd": job("kd", ("expert",))}, lanes)
 
 
 def _processes_naming(text: str, exclude=()):

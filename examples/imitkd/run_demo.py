@@ -16,13 +16,16 @@ cores, without a GPU or any download but Debian's package index:
    the transcript (``--criterion nll --ctc-weight``); with ``--asr-extra N`` (preset ``asr_extra``)
    also on N English-only utterances of train packages (``train_asr_extra.tsv``, built with the corpus).
    Its WER on test/test_unseen is reported;
-4. **transcripts** (original workflow, step 2): the ASR model transcribes dev with attention beam
+4. **transcripts** (original workflow, step 2; as soon as the ASR model is trained, while the expert
+   may still train): the ASR model transcribes dev with attention beam
    search (``imitkd-generate``) and with its CTC head (``ctc_transcribe.py``), then train and the test
    splits with the one of lower dev WER; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
    ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the
-   small corpus, about three times the compute, no time caps) also has the expert translate the train transcripts (``-o``: ``train_seqkd.tsv``, sequence-level KD);
-5. **students** (two at a time, one thread each; each is decoded in its lane as soon as it is trained,
-   see 6): every student's encoder starts from the ASR model
+   small corpus, about three times the compute, no time caps) also has the expert translate the train
+   text once it is trained (``-o``: ``train_seqkd.tsv``, sequence-level KD);
+5. **students** (two at a time, one thread each; each starts as soon as what it reads is there: NLL
+   the ASR model, KD also the expert, KDT/ImitKDT also the transcripts; each is decoded in its lane as
+   soon as it is trained, see 6): every student's encoder starts from the ASR model
    (``--load-pretrained-encoder-from``, frozen for ``--encoder-freezing-updates``) and keeps a CTC
    loss on the transcript; then NLL, word-level KD, ImitKD-full, ImitKD-optimal, KDT and ImitKDT
    (medium adds SeqKD and ImitKD*), with the same updates and seed. Every validation also decodes dev
@@ -124,7 +127,8 @@ BASE_METHODS = ("nll", "word_kd", "imit_kd_CE", "imit_kd", "kdt", "imitkdt")
 PRESETS = {
     "ci": dict(
         corpus="ci", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=0,
-        expert_layers=1, expert_dim=64, expert_ffn=128, expert_heads=2, expert_dropout=0.1, expert_max_tokens=2000,
+        expert_layers=1, expert_dim=64, expert_ffn=128, expert_heads=2, expert_dropout=0.1,
+        expert_attention_dropout=0.1, expert_max_tokens=2000,
         expert_lr=2e-3, expert_warmup=50, expert_updates=200, expert_stop_hours=0,
         enc_layers=1, dec_layers=1, dim=64, ffn=128, heads=2, conv_kernels="5,5",
         asr_updates=100, asr_stop_hours=0, asr_lr=2e-3, asr_warmup=50, asr_ctc_weight=0.5, asr_max_tokens=20000,
@@ -138,10 +142,14 @@ PRESETS = {
     # held at 1 for the first half of the ImitKD runs (dev BLEU 7.15 vs 5.56 without the hold). Batches
     # are half (ASR, students) or a quarter (expert) of what they were before: twice the updates in the
     # same time learned faster on dev (ASR dev NLL after 9 min 3.24 vs 3.94 bits; NLL student dev BLEU
-    # 7.93 vs 6.93, ImitKD-full 8.07 vs 7.63; expert dev NLL after 15 min 4.69 vs 4.82)
+    # 7.93 vs 6.93, ImitKD-full 8.07 vs 7.63; expert dev NLL after 15 min 4.69 vs 4.82). The expert has
+    # no dropout: its 15 minutes are < 2 epochs of the 30k pairs, and without dropout (and attention
+    # dropout) its dev NLL after 15 min was 3.24 bits against 3.95 with dropout 0.2 (0.1 / 0.1: 3.63),
+    # dev BLEU (beam 5) 12.4 against 7.1 (0.1: 10.1); dev probes beside each other at 7d92867 (README)
     "small": dict(
         corpus="small", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
-        expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.2, expert_max_tokens=2048,
+        expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.0,
+        expert_attention_dropout=0.0, expert_max_tokens=2048,
         expert_lr=3e-3, expert_warmup=200, expert_updates=4000, expert_stop_hours=0.25,
         enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5",
         asr_updates=2400, asr_stop_hours=0.27, asr_lr=5e-3, asr_warmup=250, asr_ctc_weight=0.5, asr_max_tokens=10000,
@@ -166,6 +174,7 @@ PRESETS = {
 # KDT: best = last); small's ImitKD students hold β = 1 for 500 of 1,000 updates, the same situation
 PRESETS["medium"] = dict(
     PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
+    expert_dropout=0.2, expert_attention_dropout=0.1,  # 7.6 epochs: the dropout it was measured with
     expert_updates=2800, expert_stop_hours=0, asr_updates=7200, asr_stop_hours=0, asr_extra=16000,
     student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
 )
@@ -248,12 +257,44 @@ class Lanes:
         return False
 
 
-def in_lanes(jobs, lanes: int):
-    """Run ``jobs`` ({name: callable}) at most ``lanes`` at a time; returns {name: result}. The first
-    failure is raised once the running jobs have finished (queued ones are cancelled)."""
-    with Lanes(lanes) as pool:
-        runs = {name: pool.submit(job) for name, job in jobs.items()}
-        return {name: run.result() for name, run in runs.items()}
+def run_graph(jobs, lanes: int) -> dict:
+    """Run ``jobs`` ({name: (job, deps)}; ``job(results)`` gets the results so far) at most ``lanes`` at
+    a time, each as soon as the jobs named in its ``deps`` have finished, the first ready one (in the
+    order given) first; returns {name: result}. A lane never waits for a stage its next job does not
+    need (e.g. the NLL student, which needs only the ASR model, trains while the expert still does).
+    The first failure is raised once the running jobs have finished; nothing starts after it."""
+    unknown = {d for _, deps in jobs.values() for d in deps} - set(jobs)
+    if unknown:
+        raise ValueError(f"run_graph: unknown dependencies {sorted(unknown)}")
+    results, pending, running, error = {}, dict(jobs), {}, None
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes) if lanes > 1 else None
+    try:
+        while pending or running:
+            ready = [n for n, (_, deps) in pending.items() if all(d in results for d in deps)]
+            if error is None and pool is None and ready:  # one lane: in this thread, as Lanes does
+                job, _ = pending.pop(ready[0])
+                results[ready[0]] = job(results)
+                continue
+            for name in ready[: max(0, lanes - len(running))] if error is None else []:
+                job, _ = pending.pop(name)
+                running[pool.submit(job, dict(results))] = name
+            if not running:
+                break
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                except BaseException as e:  # noqa: B036 (re-raised below, after the running jobs)
+                    error = error or e
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if error is not None:
+        raise error
+    if pending:
+        raise ValueError(f"run_graph: {sorted(pending)} wait on each other")
+    return results
 
 
 # --------------------------------------------------------------------------- subprocesses
@@ -588,7 +629,8 @@ def expert_flags(P):
     return ["--arch", "transformer", "--encoder-layers", L, "--decoder-layers", L, "--encoder-embed-dim", d,
             "--decoder-embed-dim", d, "--encoder-ffn-embed-dim", f, "--decoder-ffn-embed-dim", f,
             "--encoder-attention-heads", h, "--decoder-attention-heads", h, "--share-all-embeddings",
-            "--dropout", P["expert_dropout"], "--attention-dropout", "0.1", "--weight-decay", "0.0001"]
+            "--dropout", P["expert_dropout"], "--attention-dropout", P["expert_attention_dropout"],
+            "--weight-decay", "0.0001"]
 
 
 def _interval_flags(P, updates):
@@ -726,10 +768,9 @@ def word_error_rate(hyps, refs) -> float:
 ASR_DECODINGS = ("beam", "ctc")
 
 
-def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, clock) -> dict:
+def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
     """The ASR model transcribes dev both ways (``ASR_DECODINGS``) and, with the decoding of the lower
-    dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned);
-    medium: the expert translates the train transcripts (→ train_seqkd.tsv)."""
+    dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned)."""
     tdir = args.out / "transcripts"
     asr_key = _done_key(asr_ckpt.parent / "done.json")
 
@@ -751,17 +792,8 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, 
         hyps = parse_hypotheses(log.read_text(encoding="utf-8"), len(refs), log)
         return round(word_error_rate(hyps, refs), 2), hyps
 
-    seqkd = None
-    if any(METHODS[m].data == "seqkd" for m in P["methods"]):  # needs no transcript: queued beside dev's
-        cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
-               "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
-               *gen_common(args)]
-        key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
-        seqkd = lambda: generate(args, clock, cmd, tdir / "expert.train.log", key, "expert translates train")
-
     with clock.stage("transcripts"), Lanes(args.lanes) as lanes:
         dev_runs = {d: lanes.submit(transcribe("dev", d)) for d in ASR_DECODINGS}
-        seqkd_run = lanes.submit(seqkd) if seqkd else None
         dev_logs = {d: run.result() for d, run in dev_runs.items()}
         dev_wer = {d: split_wer("dev", dev_logs[d])[0] for d in ASR_DECODINGS}
         decoding = min(ASR_DECODINGS, key=lambda d: dev_wer[d])  # a tie keeps beam search
@@ -769,12 +801,8 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, 
                   + ", ".join(f"{d} {w:.1f} %" for d, w in dev_wer.items()) + ")")
         runs = {split: lanes.submit(transcribe(split, decoding)) for split in ("train", *args.splits)}
         logs = {**{split: run.result() for split, run in runs.items()}, "dev": dev_logs[decoding]}
-        if seqkd_run:
-            logs["seqkd"] = seqkd_run.result()
         for split in ("train", "dev"):
             _generated_manifest(corpus / f"{split}.tsv", corpus / f"{split}_kdt.tsv", ["-a", logs[split]], clock)
-        if "seqkd" in logs:
-            _generated_manifest(corpus / "train.tsv", corpus / "train_seqkd.tsv", ["-o", logs["seqkd"]], clock)
         wer = {}
         (args.out / "eval").mkdir(parents=True, exist_ok=True)
         for split in args.splits:
@@ -784,6 +812,18 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, expert_ckpt: Path, 
         _write_json(tdir / "wer.json", wer)
         _write_json(tdir / "decoding.json", dict(decoding=decoding, dev_wer=dev_wer))
         return wer
+
+
+def stage_seqkd_data(args, corpus: Path, expert_ckpt: Path, clock) -> Path:
+    """Sequence-level KD data (medium): the expert translates the train text (beam 5) → train_seqkd.tsv."""
+    cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
+           "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
+           *gen_common(args)]
+    key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
+    with clock.stage("seqkd data"):
+        log = generate(args, clock, cmd, args.out / "transcripts" / "expert.train.log", key, "expert translates train")
+        _generated_manifest(corpus / "train.tsv", corpus / "train_seqkd.tsv", ["-o", log], clock)
+    return corpus / "train_seqkd.tsv"
 
 
 def _generated_manifest(src: Path, out: Path, flags, clock):
@@ -911,22 +951,39 @@ def evaluate_chosen(args, clock, key: str, train_key: str) -> dict:
     return out
 
 
-def stage_students(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, clock):
-    """Every student, trained and then evaluated in the same lane (a lane never waits for the
-    slowest student before it decodes); the expert's ceiling run fills a gap. Returns
-    ({key: training record}, {(key, split): scores}, {key: evaluate_chosen's record})."""
-    def student(method):
-        rec = stage_student(args, P, corpus, expert_ckpt, asr_ckpt, method, clock)
+def training_graph(args, P, corpus: Path, clock) -> dict:
+    """Every stage after the corpus as ``run_graph`` jobs: the ASR model and the expert; the transcripts
+    (ASR only); the SeqKD data (expert only); every student, trained and then evaluated in the same lane
+    (a lane never waits for the slowest student before it decodes), as soon as what it reads is there
+    (NLL: the ASR model; KD: and the expert; KDT/ImitKDT: and the transcripts); the expert's ceiling."""
+    def student(method, r):
+        expert_ckpt = r.get("expert", args.out / "expert" / "checkpoint_best.pt")  # NLL: not read
+        rec = stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock)
         return rec, evaluate_chosen(args, clock, method.key, rec["key"])
 
-    jobs = {key: (lambda m=METHODS[key]: student(m)) for key in P["methods"]}
-    jobs["expert"] = lambda: evaluate_expert(args, clock, expert_ckpt)
-    done = in_lanes(jobs, args.lanes)
+    jobs = {"asr": (lambda r: stage_asr(args, P, corpus, clock), ()),
+            "expert": (lambda r: stage_expert(args, P, corpus, clock), ()),
+            "transcripts": (lambda r: stage_transcripts(args, P, corpus, r["asr"], clock), ("asr",))}
+    methods = [METHODS[key] for key in P["methods"]]
+    if any(m.data == "seqkd" for m in methods):
+        jobs["seqkd data"] = (lambda r: stage_seqkd_data(args, corpus, r["expert"], clock), ("expert",))
+    needs = {"gold": (), "asr": ("transcripts",), "seqkd": ("seqkd data",)}
+    for m in methods:
+        deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
+        jobs[m.key] = (lambda r, m=m: student(m, r), deps)
+    jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
+    return jobs
+
+
+def stage_students(args, P, corpus: Path, clock):
+    """``training_graph`` run in ``args.lanes`` lanes. Returns ({key: training record}, {(key, split):
+    scores}, {key: evaluate_chosen's record}, the ASR WER per test split)."""
+    done = run_graph(training_graph(args, P, corpus, clock), args.lanes)
     students = {key: done[key][0] for key in P["methods"]}
     evals = {key: done[key][1] for key in P["methods"]}
     results = {(key, s): evals[key][s] for key in P["methods"] for s in args.splits}
-    results[("expert", "test")] = done["expert"]
-    return students, results, evals
+    results[("expert", "test")] = done["expert ceiling"]
+    return students, results, evals, done["transcripts"]
 
 
 def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str) -> float:
@@ -1232,12 +1289,8 @@ def main(argv=None) -> int:
     previous = install_signal_handlers()
     try:
         corpus = stage_corpus(args, P, clock)
-        models = in_lanes({"asr": lambda: stage_asr(args, P, corpus, clock),
-                           "expert": lambda: stage_expert(args, P, corpus, clock)}, args.lanes)
-        asr_ckpt, expert_ckpt = models["asr"], models["expert"]
-        wer = stage_transcripts(args, P, corpus, asr_ckpt, expert_ckpt, clock)
         args.corpus = corpus
-        students, results, evals = stage_students(args, P, corpus, expert_ckpt, asr_ckpt, clock)
+        students, results, evals, wer = stage_students(args, P, corpus, clock)
         with clock.stage("report"):
             pvalues = significance(args, P, corpus, results)
             md = write_report(args, P, corpus, results, students, evals, wer, pvalues, time.time() - clock.t0)
