@@ -285,7 +285,7 @@ def run_graph(jobs, lanes: int) -> dict:
                 name = running.pop(future)
                 try:
                     results[name] = future.result()
-                except BaseException as e:  # noqa: B036 (re-raised below, after the running jobs)
+                except BaseException as e:  # raised below, once the running jobs have finished
                     error = error or e
     finally:
         if pool:
@@ -975,7 +975,7 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
     return jobs
 
 
-def stage_students(args, P, corpus: Path, clock):
+def run_stages(args, P, corpus: Path, clock):
     """``training_graph`` run in ``args.lanes`` lanes. Returns ({key: training record}, {(key, split):
     scores}, {key: evaluate_chosen's record}, the ASR WER per test split)."""
     done = run_graph(training_graph(args, P, corpus, clock), args.lanes)
@@ -1290,7 +1290,7 @@ def main(argv=None) -> int:
     try:
         corpus = stage_corpus(args, P, clock)
         args.corpus = corpus
-        students, results, evals, wer = stage_students(args, P, corpus, clock)
+        students, results, evals, wer = run_stages(args, P, corpus, clock)
         with clock.stage("report"):
             pvalues = significance(args, P, corpus, results)
             md = write_report(args, P, corpus, results, students, evals, wer, pvalues, time.time() - clock.t0)
