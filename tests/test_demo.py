@@ -279,8 +279,8 @@ def test_int8_training_check_refuses_bad_arguments_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_lanes_run_late_jobs_and_cancel_queued_ones_after_a_failure(lanes):
-    """run_demo.Lanes: a job submitted while others run (the transcripts stage queues train/test once dev's
-    WER is known, beside the SeqKD translation) runs; after a failure no queued job starts."""
+    """run_demo.Lanes (the transcripts stage's decodings): a job submitted while another one runs runs
+    too; after a failure no queued job starts."""
     import threading
 
     Lanes = demo_module().Lanes
@@ -296,12 +296,12 @@ def test_lanes_run_late_jobs_and_cancel_queued_ones_after_a_failure(lanes):
         return run
 
     with Lanes(lanes) as pool:
-        slow = pool.submit(job("seqkd", wait=5 if lanes > 1 else 0))
+        slow = pool.submit(job("dev-ctc", wait=5 if lanes > 1 else 0))
         assert pool.submit(job("dev")).result() == "dev"
         late = pool.submit(job("train"))
         gate.set()
-        assert (slow.result(), late.result()) == ("seqkd", "train")
-    assert sorted(ran) == ["dev", "seqkd", "train"]
+        assert (slow.result(), late.result()) == ("dev-ctc", "train")
+    assert sorted(ran) == ["dev", "dev-ctc", "train"]
 
     gate.clear()
     ran.clear()
