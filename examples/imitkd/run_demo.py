@@ -63,6 +63,7 @@ Exit status 2 with a one-line ``error:`` on a missing tool or a failed stage (th
 """
 import argparse
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -268,17 +269,12 @@ def run_graph(jobs, lanes: int) -> dict:
     if unknown:
         raise ValueError(f"run_graph: unknown dependencies {sorted(unknown)}")
     results, pending, running, error = {}, dict(jobs), {}, None
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes) if lanes > 1 else None
-    try:
+    with Lanes(lanes) as pool:  # one lane: each job runs in this thread at submit, and its failure propagates
         while pending or running:
             ready = [n for n, (_, deps) in pending.items() if all(d in results for d in deps)]
-            if error is None and pool is None and ready:  # one lane: in this thread, as Lanes does
-                job, _ = pending.pop(ready[0])
-                results[ready[0]] = job(results)
-                continue
             for name in ready[: max(0, lanes - len(running))] if error is None else []:
                 job, _ = pending.pop(name)
-                running[pool.submit(job, dict(results))] = name
+                running[pool.submit(functools.partial(job, dict(results)))] = name
             if not running:
                 break
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -288,9 +284,6 @@ def run_graph(jobs, lanes: int) -> dict:
                     results[name] = future.result()
                 except BaseException as e:  # raised below, once the running jobs have finished
                     error = error or e
-    finally:
-        if pool:
-            pool.shutdown(wait=True, cancel_futures=True)
     if error is not None:
         raise error
     if pending:
