@@ -56,3 +56,17 @@ def ctc_greedy(lprobs: Tensor, lengths: Tensor, blank: int = 0):
     changed[:, 1:] = best[:, 1:] != best[:, :-1]
     keep = valid & changed & best.ne(blank)
     return [row[k].tolist() for row, k in zip(best, keep)], (best_lp.float() * valid).sum(dim=1)
+
+
+def ctc_log_likelihood(lprobs: Tensor, lengths: Tensor, labels) -> Tensor:
+    """log p_CTC(y | x) of one label sequence per column: the sum over every alignment, in nats.
+
+    ``lprobs``: T×N×V log-probs, ``lengths``: N frames, ``labels``: N lists of label ids (no blank).
+    A sequence that no alignment within its frames produces (too long, counting the blank each repeated
+    label needs) gets ``-inf``, so a joint decoder never prefers it. Returns N float32."""
+    targets = torch.tensor([t for y in labels for t in y], dtype=torch.long, device=lprobs.device)
+    target_lengths = torch.tensor([len(y) for y in labels], dtype=torch.long, device=lprobs.device)
+    with torch.backends.cudnn.flags(enabled=False):
+        nll = F.ctc_loss(lprobs.float(), targets, lengths.to(lprobs.device), target_lengths, blank=0,
+                         reduction="none", zero_infinity=False)
+    return -nll

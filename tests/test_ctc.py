@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import pytest
 
 import toydata
-from imitkd.ctc import ctc_greedy
+from imitkd.ctc import ctc_greedy, ctc_log_likelihood
 from imitkd.data import CTC_INPUT
 from imitkd.errors import ImitKDError
 from imitkd.tasks.speech_to_text_kd import load_pretrained_encoder
@@ -83,6 +83,68 @@ def test_ctc_greedy_merges_repeats_then_drops_blanks_within_each_length():
     assert labels == [[3, 3, 4], [2]]
     best = lprobs.max(-1).values  # T×B
     assert torch.allclose(scores, torch.stack([best[:6, 0].sum(), best[:5, 1].sum()]))
+
+
+def test_ctc_log_likelihood_sums_every_alignment_and_rules_out_what_none_gives():
+    """log p_CTC(y|x) against brute force: every one of the V^T frame paths of a random T×N×V, collapsed
+    (repeats merged, then blanks dropped), its probability added to the label sequence it gives."""
+    import itertools
+
+    torch.manual_seed(0)
+    lprobs = torch.randn(4, 5, 3).log_softmax(-1)
+    lengths = torch.tensor([4, 4, 3, 4, 2])
+    labels = [[1, 2], [1, 1], [2], [1, 1, 1], [2, 1]]  # [1, 1, 1] needs 5 frames (a blank between repeats)
+    got = ctc_log_likelihood(lprobs, lengths, labels)
+    for n, (y, frames) in enumerate(zip(labels, lengths.tolist())):
+        total = 0.0
+        for path in itertools.product(range(3), repeat=frames):
+            merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+            if [c for c in merged if c != 0] == y:
+                total += float(sum(lprobs[t, n, c] for t, c in enumerate(path)).exp())
+        expected = torch.tensor(total).log()
+        assert (got[n] == float("-inf")) if total == 0 else torch.isclose(got[n], expected, atol=1e-5), (y, got[n], expected)
+    assert got[3] == float("-inf") and torch.isfinite(got[[0, 1, 2, 4]]).all()
+
+
+def test_joint_decoding_keeps_the_best_joint_score_among_the_nbest_and_the_best_path(toy, joint):
+    """``joint_decode`` on a batch: its teacher-forced attention scores equal fairseq's beam-search scores of
+    the same hypotheses, and each row's pick has the highest λ·CTC + (1−λ)·attention + b·length among the
+    beam's hypotheses and the CTC best path, recomputed here one row at a time."""
+    from fairseq.dataclass.configs import GenerationConfig
+    from omegaconf import OmegaConf
+
+    from imitkd.joint_decoding import attention_log_likelihood, joint_decode
+
+    _, task, model, _ = toydata.build_in_process(toy, "nll", [*joint, "--ctc-weight", "0.3"])
+    model.eval()
+    sample = toydata.first_batch(task, max_sentences=4)
+    d = task.target_dictionary
+    generator = task.build_generator([model], OmegaConf.structured(GenerationConfig(beam=3, nbest=3, max_len_b=20)))
+    net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
+    with torch.inference_mode():
+        hypos = task.inference_step(generator, [model], sample)
+        enc = model.encoder(**net_input)
+        lprobs, lengths = model.get_ctc_output([None, {"encoder_out": enc}], None)
+        paths, _ = ctc_greedy(lprobs, lengths)
+        beams = [[h["tokens"][:-1].tolist() for h in row] for row in hypos]
+        order = torch.tensor([b for b, row in enumerate(beams) for _ in row])
+        att = attention_log_likelihood(model, enc, order, [y for row in beams for y in row], d.pad(), d.eos())
+        fairseq_scores = torch.tensor([float(h["positional_scores"].sum()) for row in hypos for h in row])
+        torch.testing.assert_close(att, fairseq_scores, rtol=1e-4, atol=1e-4)
+        for lam, bonus in ((0.0, 0.0), (0.5, 1.0), (1.0, 0.0)):
+            picks = joint_decode(model, task, generator, sample, lam, bonus, {d.pad(), d.eos()}, d.pad(), d.eos())
+            assert len(picks) == len(beams)
+            for b, (labels, score) in enumerate(picks):
+                path = [t for t in paths[b] if t not in (d.pad(), d.eos())]  # an untrained head emits them too
+                cands = beams[b] + ([path] if path and path not in beams[b] else [])
+                assert labels in cands
+                one = torch.tensor([b] * len(cands))
+                a = attention_log_likelihood(model, enc, one, cands, d.pad(), d.eos())
+                c = ctc_log_likelihood(lprobs[:, [b] * len(cands)], lengths[[b] * len(cands)], cands)
+                joint_scores = [(lam * ci if lam else 0.0) + (1 - lam) * ai + bonus * len(y)
+                                for y, ai, ci in zip(cands, a.tolist(), c.tolist())]
+                assert score == pytest.approx(max(joint_scores), abs=1e-3)
+                assert score == pytest.approx(joint_scores[cands.index(labels)], abs=1e-3)
 
 
 def test_word_kd_with_ctc_adds_the_transcript_term(toy):
@@ -170,6 +232,21 @@ def test_asr_then_student_through_the_cli(toy, joint, tmp_path):
         if line[:2] in ("H-", "D-"):
             _, score, text = line.split("\t")
             assert float(score) <= 0 and set(text.split()) <= set(toydata.SRC_WORDS + toydata.TGT_WORDS)
+    # jointly (attention 3-best and the best path, rescored): the same format, one transcript per utterance
+    both = subprocess.run([sys.executable, str(script), str(s2t), "--config-yaml", "config_joint.yaml", "--gen-subset",
+                           "dev_asr", "--path", str(asr_dir / "checkpoint_last.pt"), "--cpu", "--joint-beam", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 0, both.stderr[-2000:]
+    joint_lines = both.stdout.splitlines()
+    assert len(joint_lines) == 3 * len(refs)
+    assert {int(x.split("\t")[0][2:]) for x in joint_lines if x.startswith("D-")} == set(refs)
+    for line in joint_lines:
+        if line.startswith("D-"):
+            assert set(line.split("\t")[2].split()) <= set(toydata.SRC_WORDS + toydata.TGT_WORDS)
+    bad = subprocess.run([sys.executable, str(script), str(s2t), "--config-yaml", "config_joint.yaml", "--gen-subset",
+                          "dev_asr", "--path", str(asr_dir / "checkpoint_last.pt"), "--joint-beam", "3",
+                          "--joint-ctc-weight", "1.5"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: --joint-ctc-weight must be in [0, 1] (got 1.5)"
     missing = subprocess.run([sys.executable, str(script), str(s2t), "--config-yaml", "config_joint.yaml",
                               "--gen-subset", "dev_asr", "--path", str(tmp_path / "none.pt")],
                              capture_output=True, text=True, timeout=300)

@@ -159,13 +159,14 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     gold = [r["src_text"] for r in read_manifest(ddtp_ci / "train.tsv")]
     asr = [r["src_text"] for r in read_manifest(ddtp_ci / "train_kdt.tsv")]
     assert len(asr) == len(gold) and asr != gold  # the ASR model's transcripts, row by row
-    # dev was transcribed both ways (attention beam search, CTC best path); the lower dev WER transcribed train
+    # dev was transcribed three ways (attention beam search, CTC best path, joint); the lowest dev WER transcribed train
     chosen = json.loads((out_dir / "transcripts" / "decoding.json").read_text())
-    assert set(chosen["dev_wer"]) == {"beam", "ctc"}
-    assert chosen["decoding"] == min(("beam", "ctc"), key=lambda d: chosen["dev_wer"][d])
-    train_log = out_dir / "transcripts" / ("asr.train.ctc.log" if chosen["decoding"] == "ctc" else "asr.train.log")
+    assert set(chosen["dev_wer"]) == {"beam", "ctc", "joint"}
+    assert chosen["decoding"] == min(("beam", "ctc", "joint"), key=lambda d: chosen["dev_wer"][d])
+    train_log = out_dir / "transcripts" / ("asr.train.log" if chosen["decoding"] == "beam" else f"asr.train.{chosen['decoding']}.log")
     assert asr == demo_module().parse_hypotheses(train_log.read_text(), len(gold), train_log)
-    assert f"chosen on dev: dev WER {chosen['dev_wer']['beam']:.1f} % (beam) vs {chosen['dev_wer']['ctc']:.1f} % (ctc)" in md
+    assert (f"chosen on dev: dev WER {chosen['dev_wer']['beam']:.1f} % (beam) vs {chosen['dev_wer']['ctc']:.1f} % (ctc) vs "
+            f"{chosen['dev_wer']['joint']:.1f} % (joint)") in md
 
     # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes
     train, dev = demo_module().curves(students / "imitkdt" / "train.log")

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Transcribe a speech subset with the CTC head of a fairseq speech model (best path, no language model).
+"""Transcribe a speech subset with the CTC head of a fairseq speech model (no language model).
 
 An ASR model trained with ``--ctc-weight`` (imitkd's ``nll`` criterion, or any ``s2t_transformer`` with
-``ctc_proj``) has two decoders: the attention decoder (``imitkd-generate``) and its CTC head. This runs the
-CTC head, one encoder pass per batch (an all-blank path gives the likeliest non-blank label, so no
-transcript is empty), and prints what ``fairseq-generate`` prints per sample, in its format, so
-``create_wmt19_generated_dataset.py -a`` and the demo read either log::
+``ctc_proj``) has two decoders: the attention decoder (``imitkd-generate``) and its CTC head. By default
+this runs the CTC head's best path, one encoder pass per batch (an all-blank path gives the likeliest
+non-blank label, so no transcript is empty). With ``--joint-beam N`` it decodes jointly instead: the
+attention decoder's N-best and the best path, rescored by ``λ·log p_CTC + (1−λ)·log p_att + b·tokens``
+(``--joint-ctc-weight λ``, ``--joint-length-bonus b``; imitkd/joint_decoding.py). It prints what
+``fairseq-generate`` prints per sample, in its format, so ``create_wmt19_generated_dataset.py -a`` and the
+demo read either log::
 
-    T-<id>\\t<reference>   H-<id>\\t<best-path log-prob>\\t<pieces>   D-<id>\\t<log-prob>\\t<detokenized>
+    T-<id>\\t<reference>   H-<id>\\t<score>\\t<pieces>   D-<id>\\t<score>\\t<detokenized>
+
+(score: the best path's log-prob, or the joint score, in nats)
 
     python examples/imitkd/ctc_transcribe.py DATA --config-yaml config.yaml --gen-subset dev_asr \\
-        --path asr/checkpoint_best.pt > asr.dev.ctc.log
+        --path asr/checkpoint_best.pt [--joint-beam 8] > asr.dev.ctc.log
 """
 import argparse
 import sys
@@ -26,6 +31,12 @@ def get_parser():
     p.add_argument("--path", required=True, help="checkpoint with a CTC head")
     p.add_argument("--max-tokens", type=int, default=50000, help="frames per batch (default 50000)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    p.add_argument("--joint-beam", type=int, default=0,
+                   help="decode jointly: rescore the attention decoder's N-best and the best path (default 0: best path only)")
+    p.add_argument("--joint-ctc-weight", type=float, default=0.5, help="λ, the CTC share of the joint score (default 0.5)")
+    p.add_argument("--joint-length-bonus", type=float, default=1.0,
+                   help="b, nats added per token to the joint score (default 1.0)")
+    p.add_argument("--max-len-b", type=int, default=200, help="longest attention hypothesis in tokens (default 200)")
     return p
 
 
@@ -33,8 +44,13 @@ def transcribe(args, out=sys.stdout):
     import imitkd  # noqa: F401  (registers the task, applies the runtime fixes)
     from fairseq import checkpoint_utils
 
-    from imitkd.ctc import ctc_greedy
     from imitkd.errors import ImitKDError
+    from imitkd.joint_decoding import joint_decode
+
+    if args.joint_beam < 0:
+        raise ImitKDError(f"--joint-beam must be ≥ 0 (got {args.joint_beam})")
+    if not 0.0 <= args.joint_ctc_weight <= 1.0:
+        raise ImitKDError(f"--joint-ctc-weight must be in [0, 1] (got {args.joint_ctc_weight})")
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -49,24 +65,46 @@ def transcribe(args, out=sys.stdout):
     batches = task.get_batch_iterator(dataset, max_tokens=args.max_tokens, max_positions=model.max_positions(),
                                       ignore_invalid_inputs=False).next_epoch_itr(shuffle=False)
     specials = {tgt_dict.pad(), tgt_dict.eos()}  # never in a CTC target (blank = bos); dropped if emitted
+    if args.joint_beam:
+        cfg.generation.beam = cfg.generation.nbest = args.joint_beam
+        cfg.generation.max_len_a, cfg.generation.max_len_b = 0, args.max_len_b
+        generator = task.build_generator([model], cfg.generation)
     with torch.inference_mode():
         for sample in batches:
-            net_input = {k: v.to(device) for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
-            encoder_out = model.encoder(**net_input)
-            lprobs, lengths = model.get_ctc_output([None, {"encoder_out": encoder_out}], None)
-            labels, scores = ctc_greedy(lprobs, lengths, blank=0)
+            sample = {k: ({n: t.to(device) for n, t in v.items()} if k == "net_input" else v) for k, v in sample.items()}
+            if args.joint_beam:
+                best = joint_decode(model, task, generator, sample, args.joint_ctc_weight, args.joint_length_bonus,
+                                    specials, tgt_dict.pad(), tgt_dict.eos())
+            else:
+                best = best_paths(model, sample, specials)
             for i, sample_id in enumerate(sample["id"].tolist()):
                 target = sample["target"][i]
                 ref = decode(tgt_dict.string(target[target.ne(tgt_dict.pad())], escape_unk=True))
-                tokens = [t for t in labels[i] if t not in specials]
-                if not tokens:  # all blank: the likeliest other label, as fairseq-generate's --min-len 1
-                    frames = lprobs[: lengths[i], i].clone()
-                    frames[:, [0, *specials]] = float("-inf")
-                    tokens = [int(frames.argmax()) % frames.size(1)]
+                tokens, score = best[i]
                 pieces = tgt_dict.string(torch.tensor(tokens, dtype=torch.long))
-                score = f"{scores[i].item():.4f}"
+                score = f"{score:.4f}"
                 print(f"T-{sample_id}\t{ref}\nH-{sample_id}\t{score}\t{pieces}\nD-{sample_id}\t{score}\t{decode(pieces)}",
                       file=out)
+
+
+def best_paths(model, sample, specials):
+    """The CTC best path of every row: ``(labels, log-prob)`` pairs; an all-blank path gives the likeliest
+    other label, as fairseq-generate's --min-len 1."""
+    from imitkd.ctc import ctc_greedy
+
+    net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
+    encoder_out = model.encoder(**net_input)
+    lprobs, lengths = model.get_ctc_output([None, {"encoder_out": encoder_out}], None)
+    labels, scores = ctc_greedy(lprobs, lengths, blank=0)
+    best = []
+    for i, row in enumerate(labels):
+        tokens = [t for t in row if t not in specials]
+        if not tokens:
+            frames = lprobs[: lengths[i], i].clone()
+            frames[:, [0, *specials]] = float("-inf")
+            tokens = [int(frames.argmax()) % frames.size(1)]
+        best.append((tokens, scores[i].item()))
+    return best
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,8 @@ cores, without a GPU or any download but Debian's package index:
    Its WER on test/test_unseen is reported;
 4. **transcripts** (original workflow, step 2; as soon as the ASR model is trained, while the expert
    may still train): the ASR model transcribes dev with attention beam
-   search (``imitkd-generate``) and with its CTC head (``ctc_transcribe.py``), then train and the test
-   splits with the one of lower dev WER; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
+   search (``imitkd-generate``), with its CTC head (``ctc_transcribe.py``) and with both jointly
+   (``ctc_transcribe.py --joint-beam``), then train and the test splits with the one of lowest dev WER; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
    ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the
    small corpus, about three times the compute, no time caps) also has the expert translate the train
    text once it is trained (``-o``: ``train_seqkd.tsv``, sequence-level KD);
@@ -136,7 +136,7 @@ PRESETS = {
         asr_extra=30, asr_lr_schedule="linear",
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
         encoder_freezing=10, student_select="bleu",
-        beta_hold=0, transcribe_beam=1, log_interval=10, validate_every=50,
+        beta_hold=0, transcribe_beam=1, joint_beam=2, log_interval=10, validate_every=50,
     ),
     # chosen on dev (see README): the ASR model and the expert train side by side for at most their
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates; β is
@@ -157,7 +157,7 @@ PRESETS = {
         asr_extra=0, asr_lr_schedule="inverse_sqrt",
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200, student_select="bleu",
-        beta_hold=500, transcribe_beam=4, log_interval=50, validate_every=200,
+        beta_hold=500, transcribe_beam=4, joint_beam=4, log_interval=50, validate_every=200,
     ),
 }
 # the small corpus and models with about three times the compute (no time caps, so the result does not depend
@@ -178,7 +178,7 @@ PRESETS = {
 PRESETS["medium"] = dict(
     PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=7200, asr_stop_hours=0, asr_extra=16000,
-    student_updates=2000, encoder_freezing=400, beta_hold=1000, log_interval=50, validate_every=200,
+    student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=8, log_interval=50, validate_every=200,
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
@@ -757,22 +757,29 @@ def word_error_rate(hyps, refs) -> float:
     return 100.0 * errors / max(1, sum(len(_words(r)) for r in refs))
 
 
-#: how the ASR model transcribes: attention beam search (imitkd-generate) or its CTC head's best path
-#: (ctc_transcribe.py); the one with the lower dev WER transcribes train and the test splits
-ASR_DECODINGS = ("beam", "ctc")
+#: how the ASR model transcribes: attention beam search (imitkd-generate), its CTC head's best path
+#: (ctc_transcribe.py) or both jointly (ctc_transcribe.py --joint-beam: the attention n-best and the best
+#: path rescored by 0.5·log p_CTC + 0.5·log p_att + 1.0·tokens); the one with the lower dev WER transcribes
+#: train and the test splits. Joint decoding's weights were chosen on dev (medium's ASR model at e20bd7e:
+#: 28.1 % dev WER against 45.8 % best path and 53.0 % beam search; small's at fba3a31: 59.6 % against
+#: 62.3 % and 74.8 %; README); its beam is the preset's joint_beam (medium dev WER 30.5 % at 4, 28.1 % at 8)
+ASR_DECODINGS = ("beam", "ctc", "joint")
+JOINT_WEIGHTS = ["--joint-ctc-weight", "0.5", "--joint-length-bonus", "1.0"]
 
 
 def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
-    """The ASR model transcribes dev both ways (``ASR_DECODINGS``) and, with the decoding of the lower
+    """The ASR model transcribes dev in every way (``ASR_DECODINGS``) and, with the decoding of the lowest
     dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned)."""
     tdir = args.out / "transcripts"
     asr_key = _done_key(asr_ckpt.parent / "done.json")
 
     def transcribe(split, decoding):
-        if decoding == "ctc":
+        if decoding in ("ctc", "joint"):
             cmd = [sys.executable, CTC_SCRIPT, corpus, "--config-yaml", model_config(args, corpus), "--gen-subset",
                    f"{split}_asr", "--path", asr_ckpt, "--cpu"]
-            log = tdir / f"asr.{split}.ctc.log"
+            if decoding == "joint":
+                cmd += ["--joint-beam", str(P["joint_beam"]), *JOINT_WEIGHTS, "--max-len-b", str(args.max_len)]
+            log = tdir / f"asr.{split}.{decoding}.log"
         else:
             cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
                    model_config(args, corpus), "--gen-subset", f"{split}_asr", "--path", asr_ckpt,
@@ -1118,7 +1125,9 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     asr_done = json.loads((args.out / "asr" / "done.json").read_text())
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
     asr_dec = json.loads((args.out / "transcripts" / "decoding.json").read_text())
-    asr_how = ({"ctc": "CTC best path", "beam": "beam 5"}[asr_dec["decoding"]] + ", chosen on dev: dev WER "
+    asr_how = ({"ctc": "CTC best path", "beam": "beam 5",
+                "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
+               + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items()))
     extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s})"
              for s in splits if (s, "imit_kd_CE", "word_kd") in pvalues]
