@@ -36,7 +36,6 @@ def get_parser():
     p.add_argument("--joint-ctc-weight", type=float, default=0.5, help="λ, the CTC share of the joint score (default 0.5)")
     p.add_argument("--joint-length-bonus", type=float, default=1.0,
                    help="b, nats added per token to the joint score (default 1.0)")
-    p.add_argument("--max-len-b", type=int, default=200, help="longest attention hypothesis in tokens (default 200)")
     return p
 
 
@@ -67,7 +66,9 @@ def transcribe(args, out=sys.stdout):
     specials = {tgt_dict.pad(), tgt_dict.eos()}  # never in a CTC target (blank = bos); dropped if emitted
     if args.joint_beam:
         cfg.generation.beam = cfg.generation.nbest = args.joint_beam
-        cfg.generation.max_len_a, cfg.generation.max_len_b = 0, args.max_len_b
+        # no longer than the encoder output (a longer candidate has no CTC alignment: −inf): this cuts the
+        # beam's loops at the batch's encoder length instead of the decoder's positions
+        cfg.generation.max_len_a, cfg.generation.max_len_b = encoder_frames_per_input_frame(model), 1
         generator = task.build_generator([model], cfg.generation)
     with torch.inference_mode():
         for sample in batches:
@@ -85,6 +86,15 @@ def transcribe(args, out=sys.stdout):
                 score = f"{score:.4f}"
                 print(f"T-{sample_id}\t{ref}\nH-{sample_id}\t{score}\t{pieces}\nD-{sample_id}\t{score}\t{decode(pieces)}",
                       file=out)
+
+
+def encoder_frames_per_input_frame(model) -> float:
+    """An upper bound on the encoder's output frames per input frame (a fairseq ``Conv1dSubsampler``:
+    1/2 per layer; 1 for an encoder without one)."""
+    subsample = getattr(model.encoder, "subsample", None)
+    if subsample is None or not hasattr(subsample, "get_out_seq_lens_tensor"):
+        return 1.0
+    return float(subsample.get_out_seq_lens_tensor(torch.tensor([10 ** 6]))[0]) / 10 ** 6
 
 
 def best_paths(model, sample, specials):

@@ -778,7 +778,7 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
             cmd = [sys.executable, CTC_SCRIPT, corpus, "--config-yaml", model_config(args, corpus), "--gen-subset",
                    f"{split}_asr", "--path", asr_ckpt, "--cpu"]
             if decoding == "joint":
-                cmd += ["--joint-beam", str(P["joint_beam"]), *JOINT_WEIGHTS, "--max-len-b", str(args.max_len)]
+                cmd += ["--joint-beam", str(P["joint_beam"]), *JOINT_WEIGHTS]
             log = tdir / f"asr.{split}.{decoding}.log"
         else:
             cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
