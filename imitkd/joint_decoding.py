@@ -39,7 +39,8 @@ def joint_decode(model, task, generator, sample: Dict, ctc_weight: float, length
                  specials: Sequence[int], pad: int, eos: int) -> List[Tuple[List[int], float]]:
     """The jointly best transcript of every row of ``sample`` (batch order): ``(labels without eos,
     joint score in nats)`` pairs. ``generator``: fairseq's ``SequenceGenerator`` for ``model`` (its
-    ``beam``/``nbest`` give the candidates); ``specials``: labels dropped from the best path."""
+    ``beam``/``nbest`` give the candidates); ``specials``: labels dropped from the best path. The encoder
+    runs once more than the beam search's own pass (fairseq's generator does not return its output)."""
     net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
     hypos = task.inference_step(generator, [model], sample)
     encoder_out = model.encoder(**net_input)
@@ -51,7 +52,6 @@ def joint_decode(model, task, generator, sample: Dict, ctc_weight: float, length
         path = [t for t in best_path[b] if t not in specials]
         if path and path not in mine:
             mine.append(path)
-        mine = [y for y in mine if y] or [[eos]]  # fairseq's --min-len 1 keeps hypotheses non-empty
         candidates += mine
         rows += [b] * len(mine)
     order = torch.tensor(rows, dtype=torch.long, device=lprobs.device)
