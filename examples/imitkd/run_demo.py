@@ -19,10 +19,10 @@ cores, without a GPU or any download but Debian's package index:
 4. **transcripts** (original workflow, step 2; as soon as the ASR model is trained, while the expert
    may still train): the ASR model transcribes dev with attention beam
    search (``imitkd-generate``), with its CTC head (``ctc_transcribe.py``) and with both jointly
-   (``ctc_transcribe.py --joint-beam``), then train and the test splits with the one of lowest dev WER; ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose
-   ``src_text`` is the ASR transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the
-   small corpus, about three times the compute, no time caps) also has the expert translate the train
-   text once it is trained (``-o``: ``train_seqkd.tsv``, sequence-level KD);
+   (``ctc_transcribe.py --joint-beam``), then train and the test splits with the one of lowest dev WER;
+   ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose ``src_text`` is the ASR
+   transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the small corpus, about three
+   times the compute, no time caps) also has the expert translate the train text once it is trained (``-o``: ``train_seqkd.tsv``, sequence-level KD);
 5. **students** (two at a time, one thread each; each starts as soon as what it reads is there: NLL
    the ASR model, KD also the expert, KDT/ImitKDT also the transcripts; each is decoded in its lane as
    soon as it is trained, see 6): every student's encoder starts from the ASR model
@@ -759,7 +759,7 @@ def word_error_rate(hyps, refs) -> float:
 
 #: how the ASR model transcribes: attention beam search (imitkd-generate), its CTC head's best path
 #: (ctc_transcribe.py) or both jointly (ctc_transcribe.py --joint-beam: the attention n-best and the best
-#: path rescored by 0.5·log p_CTC + 0.5·log p_att + 1.0·tokens); the one with the lower dev WER transcribes
+#: path rescored by 0.5·log p_CTC + 0.5·log p_att + 1.0·tokens); the one with the lowest dev WER transcribes
 #: train and the test splits. Joint decoding's weights were chosen on dev (medium's ASR model at e20bd7e:
 #: 28.1 % dev WER against 45.8 % best path and 53.0 % beam search; small's at fba3a31: 59.6 % against
 #: 62.3 % and 74.8 %; README); its beam is the preset's joint_beam (medium dev WER 30.5 % at 4, 28.1 % at 8)
