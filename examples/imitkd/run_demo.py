@@ -22,7 +22,8 @@ cores, without a GPU or any download but Debian's package index:
    (``ctc_transcribe.py --joint-beam``), then train and the test splits with the one of lowest dev WER;
    ``create_wmt19_generated_dataset.py -a`` writes ``train_kdt.tsv`` whose ``src_text`` is the ASR
    transcript (what the expert reads for KDT/ImitKDT). Size ``medium`` (the small corpus, about three
-   times the compute, no time caps) also has the expert translate the train text once it is trained (``-o``: ``train_seqkd.tsv``, sequence-level KD);
+   times the compute, no time caps) also has the expert translate the train text once it is trained
+   (``-o``: ``train_seqkd.tsv``, sequence-level KD);
 5. **students** (two at a time, one thread each; each starts as soon as what it reads is there: NLL
    the ASR model, KD also the expert, KDT/ImitKDT also the transcripts; each is decoded in its lane as
    soon as it is trained, see 6): every student's encoder starts from the ASR model
