@@ -56,11 +56,11 @@ def joint_decode(model, task, generator, sample: Dict, ctc_weight: float, length
         rows += [b] * len(mine)
     order = torch.tensor(rows, dtype=torch.long, device=lprobs.device)
     att = attention_log_likelihood(model, encoder_out, order, candidates, pad, eos)
-    ctc = ctc_log_likelihood(lprobs.index_select(1, order), lengths.index_select(0, order), candidates)
     size = torch.tensor([len(y) for y in candidates], dtype=torch.float32, device=att.device)
-    score = ctc_weight * ctc + (1.0 - ctc_weight) * att + length_bonus * size
-    if ctc_weight == 0.0:  # 0·(−inf) is nan: a CTC-infeasible candidate still counts by its attention score
-        score = att + length_bonus * size
+    score = (1.0 - ctc_weight) * att + length_bonus * size
+    if ctc_weight:  # with λ = 0 no CTC term (0·(−inf) would be nan for a CTC-infeasible candidate)
+        ctc = ctc_log_likelihood(lprobs.index_select(1, order), lengths.index_select(0, order), candidates)
+        score = score + ctc_weight * ctc
     best = []
     for b in range(len(hypos)):
         mine = (order == b).nonzero().squeeze(1)
