@@ -87,6 +87,17 @@ def test_unknown_decoding_is_one_line_error(tmp_path):
     assert errors == ["error: --decodings: unknown beam9 (choose from beam5, beam5-lenpen2, greedy)"]
 
 
+@pytest.mark.parametrize("seeds, message", [
+    ("2,x", "error: --student-seeds: comma-separated integers expected, got '2,x'"),
+    ("2,1", "error: --student-seeds 2,1: each seed once, and not --seed (1)"),
+    ("3,3", "error: --student-seeds 3,3: each seed once, and not --seed (1)"),
+])
+def test_bad_student_seeds_are_one_line_errors(tmp_path, seeds, message):
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", "--student-seeds", seeds, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [message]
+
+
 def test_missing_espeak_is_one_line_error(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -238,6 +249,40 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     runs = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
                                   if k.startswith(("expert", "asr", "student")))
+
+    # further student seeds: the NLL student again with fairseq --seed 2 (the same corpus, ASR model and
+    # expert), scored the same way; results.md adds BLEU per seed, mean and sd; the seed-1 run is reused
+    seed1_log = (students / "nll" / "train.log").read_text()
+    third = run_demo(*args, "--methods", "nll", "--student-seeds", 2, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:]
+    assert (students / "nll" / "train.log").read_text() == seed1_log
+    stages = json.loads((out_dir / "timings.json").read_text())["runs"][-1]["stages"]
+    assert stages["student nll"]["status"].startswith("skipped") and stages["student nll.seed2"]["status"] == "done"
+    assert " --seed 2 " in (students / "nll.seed2" / "train.log").read_text()
+    assert " --seed 1 " in seed1_log
+    md = (out_dir / "results.md").read_text()
+    assert "## Student seeds" in md and "fairseq --seed 2" in md
+    seeds = json.loads((out_dir / "results.json").read_text())["student_seeds"]
+    assert set(seeds) == {"nll"}
+    for key, rec in seeds.items():
+        row = next(r for r in results["rows"] if r["key"] == key)
+        for split in ("test", "test_unseen"):
+            seed2 = json.loads((evals / f"{chosen_stem(evals, key + '.seed2')}.{split}.json").read_text())["bleu"]
+            assert rec[split]["bleu"] == [row[f"bleu_{split}"], seed2]
+            assert rec[split]["mean"] == pytest.approx((row[f"bleu_{split}"] + seed2) / 2, abs=0.0051)
+            assert rec[split]["sd"] == pytest.approx(abs(row[f"bleu_{split}"] - seed2) / 2 ** 0.5, abs=0.0051)
+        cells = table_rows(md.split("## Student seeds")[1])[METHODS[KEYS.index(key)]]
+        assert cells[0] == " / ".join(f"{v:.2f}" for v in rec["test"]["bleu"])
+        assert cells[1] == f"{rec['test']['mean']:.2f} ± {rec['test']['sd']:.2f}"
+
+
+def chosen_stem(evals: Path, key: str) -> str:
+    """The eval file stem a student run was scored with on test: its key (beam 5) or <key>.<decoding>,
+    the decoding of its best dev BLEU (the first of --decodings on a tie)."""
+    dev = {d: json.loads((evals / f"{key if d == 'beam5' else f'{key}.{d}'}.dev.json").read_text())["bleu"]
+           for d in ("beam5", "greedy")}
+    best = max(dev, key=lambda d: dev[d])
+    return key if best == "beam5" else f"{key}.{best}"
 
 
 def test_linear_lr_decay_refuses_a_time_cap():

@@ -38,7 +38,9 @@ cores, without a GPU or any download but Debian's package index:
    detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values (sacrebleu, 1000
    resamples) of every method against NLL and of ImitKD-full against word-KD;
 7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss and
-   dev-BLEU curves of every student, BLEU bars).
+   dev-BLEU curves of every student, BLEU bars). With ``--student-seeds 2,3`` every student is also
+   trained and scored with those seeds (after all the others), and ``results.md`` adds each method's
+   BLEU per seed, mean and standard deviation: the training run's noise beside the p-values' test-set noise.
 
 Every setting was chosen on dev (never on test); ``results.md`` names the commit and the machine.
 Every stage is skipped when its output exists with the same settings, so an interrupted demo
@@ -53,7 +55,7 @@ Layout of ``--out``::
     expert-text/ expert-bin/  the expert's training text and fairseq-preprocess output
     expert/ asr/            checkpoint_best.pt, train.log, done.json
     transcripts/            ASR (beam/CTC) and expert generate logs, wer.json, decoding.json
-    students/<method>/      checkpoint_best.pt, train.log, done.json
+    students/<method>/      checkpoint_best.pt, train.log, done.json (<method>.seed<N>/: --student-seeds)
     eval/<system>.<split>.json, .hyp   scores and detokenized hypotheses (one per line, in test order);
                             <system> is the student's key (beam 5) or <key>.<decoding>
     results.md results.json demo.png timings.json
@@ -185,6 +187,13 @@ PRESETS["medium"] = dict(
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
+
+
+def common_flags(seed: int):
+    """``COMMON`` with fairseq's ``--seed`` set (same order, so seed 1 gives the command it always did)."""
+    flags = list(COMMON)
+    flags[flags.index("--seed") + 1] = str(seed)
+    return flags
 
 
 class DemoError(Exception):
@@ -661,7 +670,7 @@ def stage_expert(args, P, corpus: Path, clock) -> Path:
         (bin_dir / "done").write_text(_settings_key(prep_cmd))
     if (bin_dir / "dict.de.txt").read_text(encoding="utf-8") != (corpus / "dict.txt").read_text(encoding="utf-8"):
         raise DemoError("the expert's target dictionary differs from the corpus dict.txt")
-    cmd = [_exe("imitkd-train"), bin_dir, *expert_flags(P), *COMMON,
+    cmd = [_exe("imitkd-train"), bin_dir, *expert_flags(P), *common_flags(args.seed),
            "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P["expert_lr"],
            "--lr-scheduler", "inverse_sqrt", "--warmup-updates", min(P["expert_warmup"], updates // 2 or 1),
            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
@@ -694,15 +703,17 @@ def lr_schedule_flags(schedule: str, warmup: int, updates: int):
     raise DemoError(f"unknown learning-rate schedule {schedule!r} (inverse_sqrt or linear)")
 
 
-def s2t_cmd(args, P, corpus, stage: str, train_subset, valid_subset, save_dir):
+def s2t_cmd(args, P, corpus, stage: str, train_subset, valid_subset, save_dir, seed=None):
     """fairseq-train of a speech model; ``stage`` ("asr" or "student") picks the preset's
-    ``<stage>_lr``, ``_warmup``, ``_updates`` and ``_max_tokens`` (batch size in frames)."""
+    ``<stage>_lr``, ``_warmup``, ``_updates`` and ``_max_tokens`` (batch size in frames); ``seed``:
+    fairseq's ``--seed`` (default ``--seed`` of the demo)."""
     updates, warmup = P[f"{stage}_updates"], P[f"{stage}_warmup"]
     schedule = P.get(f"{stage}_lr_schedule", "inverse_sqrt")
     if schedule == "linear" and P.get(f"{stage}_stop_hours"):
         raise DemoError(f"{stage}: a linear learning-rate decay needs a fixed number of updates, not a time cap")
     return [_exe("imitkd-train"), corpus, "--task", "speech_to_text_kd", "--config-yaml", model_config(args, corpus),
-            "--train-subset", train_subset, "--valid-subset", valid_subset, *s2t_flags(P), *COMMON,
+            "--train-subset", train_subset, "--valid-subset", valid_subset, *s2t_flags(P),
+            *common_flags(args.seed if seed is None else seed),
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P[f"{stage}_lr"],
             *lr_schedule_flags(schedule, min(warmup, updates // 2 or 1), updates),
             "--clip-norm", "10.0", "--max-tokens", P[f"{stage}_max_tokens"], "--max-update", updates, *_interval_flags(P, updates),
@@ -841,9 +852,10 @@ def _generated_manifest(src: Path, out: Path, flags, clock):
 TRAIN_SUBSETS = {"gold": "train", "asr": "train_kdt", "seqkd": "train_seqkd"}
 
 
-def student_cmd(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, save_dir: Path):
+def student_cmd(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, save_dir: Path,
+                seed=None):
     """The fairseq-train command of a student: encoder from the ASR model, CTC on the transcript."""
-    cmd = s2t_cmd(args, P, corpus, "student", TRAIN_SUBSETS[method.data], "dev", save_dir)
+    cmd = s2t_cmd(args, P, corpus, "student", TRAIN_SUBSETS[method.data], "dev", save_dir, seed)
     cmd += ["--load-pretrained-encoder-from", asr_ckpt, "--encoder-freezing-updates", P["encoder_freezing"],
             "--ctc-weight", P["student_ctc_weight"], "--criterion", method.criterion, *method.extra]
     if method.criterion != "nll":
@@ -859,14 +871,23 @@ def student_cmd(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method
     return cmd
 
 
-def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock) -> dict:
-    sdir = args.out / "students" / method.key
-    cmd = student_cmd(args, P, corpus, expert_ckpt, asr_ckpt, method, sdir)
+def student_key(args, key: str, seed: int) -> str:
+    """The name of a student run (its directory under students/, its evaluations' file stem): the method's
+    key for the demo's ``--seed``, ``<key>.seed<N>`` for each of ``--student-seeds``."""
+    return key if seed == args.seed else f"{key}.seed{seed}"
+
+
+def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock,
+                  seed=None) -> dict:
+    seed = args.seed if seed is None else seed
+    name = student_key(args, method.key, seed)
+    sdir = args.out / "students" / name
+    cmd = student_cmd(args, P, corpus, expert_ckpt, asr_ckpt, method, sdir, seed)
     deps = [asr_ckpt.parent / "done.json"] + ([expert_ckpt.parent / "done.json"] if method.criterion != "nll" else [])
     if method.data != "gold":  # its manifest depends on the transcripts' decoding (or the expert's translations)
         deps.append(corpus / f"{TRAIN_SUBSETS[method.data]}.tsv")
-    rec = train_run(args, clock, sdir, cmd, f"student {method.key}", P["student_updates"], deps)
-    return dict(rec, criterion=method.criterion)
+    rec = train_run(args, clock, sdir, cmd, f"student {name}", P["student_updates"], deps)
+    return dict(rec, criterion=method.criterion, seed=seed)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -959,11 +980,12 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
     """Every stage after the corpus as ``run_graph`` jobs: the ASR model and the expert; the transcripts
     (ASR only); the SeqKD data (expert only); every student, trained and then evaluated in the same lane
     (a lane never waits for the slowest student before it decodes), as soon as what it reads is there
-    (NLL: the ASR model; KD: and the expert; KDT/ImitKDT: and the transcripts); the expert's ceiling."""
-    def student(method, r):
+    (NLL: the ASR model; KD: and the expert; KDT/ImitKDT: and the transcripts); the expert's ceiling;
+    last, every student again with each of ``--student-seeds`` (jobs ``<key>.seed<N>``)."""
+    def student(method, r, seed=args.seed):
         expert_ckpt = r.get("expert", args.out / "expert" / "checkpoint_best.pt")  # NLL: not read
-        rec = stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock)
-        return rec, evaluate_chosen(args, clock, method.key, rec["key"])
+        rec = stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock, seed)
+        return rec, evaluate_chosen(args, clock, student_key(args, method.key, seed), rec["key"])
 
     jobs = {"asr": (lambda r: stage_asr(args, P, corpus, clock), ()),
             "expert": (lambda r: stage_expert(args, P, corpus, clock), ()),
@@ -976,18 +998,24 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
         deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
+    for seed in args.student_seeds:
+        for m in methods:
+            jobs[student_key(args, m.key, seed)] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
     return jobs
 
 
 def run_stages(args, P, corpus: Path, clock):
     """``training_graph`` run in ``args.lanes`` lanes. Returns ({key: training record}, {(key, split):
-    scores}, {key: evaluate_chosen's record}, the ASR WER per test split)."""
+    scores}, {key: evaluate_chosen's record}, the ASR WER per test split, {(key, seed): evaluate_chosen's
+    record} for ``--seed`` and every one of ``--student-seeds``)."""
     done = run_graph(training_graph(args, P, corpus, clock), args.lanes)
     students = {key: done[key][0] for key in P["methods"]}
     evals = {key: done[key][1] for key in P["methods"]}
     results = {(key, s): evals[key][s] for key in P["methods"] for s in args.splits}
     results[("expert", "test")] = done["expert ceiling"]
-    return students, results, evals, done["transcripts"]
+    by_seed = {(key, seed): done[student_key(args, key, seed)][1]
+               for key in P["methods"] for seed in (args.seed, *args.student_seeds)}
+    return students, results, evals, done["transcripts"], by_seed
 
 
 def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str) -> float:
@@ -1083,7 +1111,32 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, expert and rollouts in {auto} (`--expert-dtype/--rollout-dtype auto` here)"
 
 
-def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds):
+def seed_table(args, P, by_seed):
+    """Markdown lines and a JSON record: every student's BLEU on each test split under each seed (each
+    run scored with the decoding of its own best dev BLEU), their mean and sample standard deviation."""
+    import statistics
+
+    seeds = (args.seed, *args.student_seeds)
+    head = ["method"] + [h for s in args.splits for h in (f"BLEU {s}, seed {' / '.join(map(str, seeds))}",
+                                                           f"mean ± sd ({s})")]
+    head += ["dev BLEU, mean ± sd"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    record = {}
+    for key in P["methods"]:
+        evs = [by_seed[(key, seed)] for seed in seeds]
+        cells, rec = [], dict(seeds=list(seeds))
+        for split in (*args.splits, "dev"):
+            vals = [ev["dev"][ev["chosen"]]["bleu"] if split == "dev" else ev[split]["bleu"] for ev in evs]
+            mean, sd = statistics.mean(vals), statistics.stdev(vals)
+            rec[split] = dict(bleu=vals, mean=round(mean, 2), sd=round(sd, 2))
+            spread = f"{mean:.2f} ± {sd:.2f}"
+            cells += [spread] if split == "dev" else [" / ".join(f"{v:.2f}" for v in vals), spread]
+        record[key] = rec
+        lines.append(f"| {METHODS[key].name} | " + " | ".join(cells) + " |")
+    return lines, record
+
+
+def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds, by_seed=None):
     n_train = len(read_manifest(corpus / "train.tsv"))
     n_test = len(read_manifest(corpus / "test.tsv"))
     n_extra = len(read_manifest(corpus / f"{ASR_EXTRA}.tsv")) if P["asr_extra"] else 0
@@ -1161,12 +1214,24 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         f"Run: commit {_commit()}, {_machine()}, {args.lanes} training runs at a time with {args.threads} thread(s) "
         f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json).",
     ]
-    md = "\n".join([f"# ImitKD demo results ({args.size})", "", *lines, "", *[f"* {n}" for n in notes], ""])
+    seeds_md, seeds_json = [], None
+    if args.student_seeds:
+        table, seeds_json = seed_table(args, P, by_seed)
+        seeds_md = ["## Student seeds", "", *table, "",
+                    f"* Every student trained again with fairseq --seed {', '.join(map(str, args.student_seeds))} "
+                    "(the decoder's initialisation, dropout and batch order; the same corpus, ASR model and expert) "
+                    "and scored like the table above: each run with the decoding of its best dev BLEU. sd: sample "
+                    "standard deviation over the seeds. The table above is seed "
+                    f"{args.seed}; its p-values measure the test sentences' sampling noise, this the training run's.",
+                    ""]
+    md = "\n".join([f"# ImitKD demo results ({args.size})", "", *lines, "", *[f"* {n}" for n in notes], "",
+                    *seeds_md])
     (args.out / "results.md").write_text(md, encoding="utf-8")
     _write_json(args.out / "results.json", dict(
         size=args.size, seed=args.seed, preset={k: v for k, v in P.items()}, rows=rows, asr_wer=wer,
         p_values={f"{s}:{a}-vs-{b}": p for (s, a, b), p in pvalues.items()},
-        expert=dict(bleu=ex["bleu"], chrf=ex["chrf"], best_dev_nll=ex_best, train_seconds=ex_time)))
+        expert=dict(bleu=ex["bleu"], chrf=ex["chrf"], best_dev_nll=ex_best, train_seconds=ex_time),
+        **(dict(student_seeds=seeds_json) if seeds_json else {})))
     return md
 
 
@@ -1240,7 +1305,10 @@ def get_parser():
     p.add_argument("--size", default="small", choices=sorted(PRESETS), help="corpus size and model preset (default small)")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output directory (default ./demo)")
     p.add_argument("--corpus", type=Path, help="use this built DDTP-ST corpus (with --spm-vocab-size) instead of <out>/corpus")
-    p.add_argument("--seed", type=int, default=1, help="seed of corpus and training (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the corpus and of every training run (default 1)")
+    p.add_argument("--student-seeds", default="",
+                   help="comma-separated further seeds: every student is trained and scored again with each "
+                        "(same corpus, ASR model and expert); results.md adds their mean and sd (default: none)")
     p.add_argument("--methods", help=f"comma-separated students (default: the preset's; from {', '.join(METHODS)})")
     for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold", "asr-extra"):
         p.add_argument(f"--{flag}", type=int, help=f"override the preset's {flag.replace('-', '_')}")
@@ -1282,6 +1350,15 @@ def main(argv=None) -> int:
     if min(P["expert_updates"], P["asr_updates"], P["student_updates"]) < 1 or args.lanes < 1:
         print("error: --expert-updates, --asr-updates, --student-updates and --lanes must be >= 1", file=sys.stderr)
         return 2
+    try:
+        args.student_seeds = tuple(int(x) for x in args.student_seeds.split(",") if x.strip())
+    except ValueError:
+        print(f"error: --student-seeds: comma-separated integers expected, got {args.student_seeds!r}", file=sys.stderr)
+        return 2
+    if args.seed in args.student_seeds or len(set(args.student_seeds)) < len(args.student_seeds):
+        print(f"error: --student-seeds {','.join(map(str, args.student_seeds))}: each seed once, and not --seed "
+              f"({args.seed})", file=sys.stderr)
+        return 2
     if P["asr_extra"] < 0:
         print(f"error: --asr-extra must be >= 0, got {P['asr_extra']}", file=sys.stderr)
         return 2
@@ -1296,10 +1373,10 @@ def main(argv=None) -> int:
     try:
         corpus = stage_corpus(args, P, clock)
         args.corpus = corpus
-        students, results, evals, wer = run_stages(args, P, corpus, clock)
+        students, results, evals, wer, by_seed = run_stages(args, P, corpus, clock)
         with clock.stage("report"):
             pvalues = significance(args, P, corpus, results)
-            md = write_report(args, P, corpus, results, students, evals, wer, pvalues, time.time() - clock.t0)
+            md = write_report(args, P, corpus, results, students, evals, wer, pvalues, time.time() - clock.t0, by_seed)
             plot(args, P, results, args.out / "demo.png")
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
