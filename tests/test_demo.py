@@ -98,6 +98,38 @@ def test_bad_student_seeds_are_one_line_errors(tmp_path, seeds, message):
     assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [message]
 
 
+def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
+    """The demo forks its decodings from one process that imported torch and fairseq once: the same
+    output and exit status as the subprocess it replaces, and ``Children.stop`` can end one."""
+    import multiprocessing
+    import signal
+    import time
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver on this platform (the demo runs subprocesses there)")
+    demo = demo_module()
+    import forked_decoding
+
+    cmd = [sys.executable, demo.CTC_SCRIPT, tmp_path, "--config-yaml", tmp_path / "config.yaml", "--gen-subset",
+           "dev_asr", "--path", tmp_path / "missing.pt", "--cpu"]
+    assert forked_decoding.forkable(cmd) and not forked_decoding.forkable([sys.executable, DEMO])
+    forked = demo.CHILDREN.run_decoding(cmd, threads=1)
+    plain = demo.CHILDREN.run(cmd, env=demo._env(1), cwd=REPO)
+    assert forked.returncode == plain.returncode != 0
+    assert forked.stdout.strip().splitlines()[-1] == plain.stdout.strip().splitlines()[-1], forked.stdout[-2000:]
+
+    script = tmp_path / "slow.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n")
+    run = forked_decoding.ForkedRun([sys.executable, script], tmp_path, 1)
+    deadline = time.time() + 60
+    while "started" not in Path(run.out_path).read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert run.poll() is None
+    run.terminate()
+    done = forked_decoding.completed(run)
+    assert done.returncode == -signal.SIGTERM and done.stdout.strip() == "started"
+
+
 def test_missing_espeak_is_one_line_error(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
