@@ -317,6 +317,20 @@ def chosen_stem(evals: Path, key: str) -> str:
     return key if best == "beam5" else f"{key}.{best}"
 
 
+def test_students_start_costliest_first_and_further_seeds_last(tmp_path):
+    """Ready students start in ``training_graph``'s order: ImitKD, then word KD, then NLL (so the two lanes
+    end together), each class in the preset's order; ``--student-seeds`` runs come after all of them."""
+    demo = demo_module()
+    args = demo.get_parser().parse_args(["--out", str(tmp_path)])
+    args.out, args.student_seeds = tmp_path, (2,)
+    jobs = demo.training_graph(args, demo.PRESETS["small"], tmp_path / "corpus", demo.Clock())
+    students = [name for name in jobs if name.split(".")[0] in KEYS]
+    first = ["imit_kd_CE", "imit_kd", "imitkdt", "word_kd", "kdt", "nll"]
+    assert students == first + [f"{key}.seed2" for key in first]
+    assert jobs["imitkdt.seed2"][1] == jobs["imitkdt"][1] == ("asr", "expert", "transcripts")
+    assert jobs["nll.seed2"][1] == ("asr",)
+
+
 def test_linear_lr_decay_refuses_a_time_cap():
     """A linear decay ends at --max-update; under a wall-clock cap it would stop at a high learning rate."""
     demo = demo_module()

@@ -1019,12 +1019,13 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
     if any(m.data == "seqkd" for m in methods):
         jobs["seqkd data"] = (lambda r: stage_seqkd_data(args, corpus, r["expert"], clock), ("expert",))
     needs = {"gold": (), "asr": ("transcripts",), "seqkd": ("seqkd data",)}
-    for m in sorted(methods, key=training_cost, reverse=True):  # the longest first, so both lanes end together
+    by_cost = sorted(methods, key=training_cost, reverse=True)  # the longest first, so both lanes end together
+    for m in by_cost:
         deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
     for seed in args.student_seeds:
-        for m in methods:
+        for m in by_cost:
             jobs[student_key(args, m.key, seed)] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
     return jobs
 
