@@ -2,15 +2,14 @@
 
 Decoding a test set of the demo (``imitkd-generate``, ``ctc_transcribe.py``) takes a few seconds of a
 core. Starting a Python and importing torch, fairseq and ``imitkd`` first takes ≈ 7.5 s more, and the
-small demo runs ≈ 40 decodings. ``run`` therefore forks each one from a multiprocessing *forkserver*
-that imported those modules once. The forkserver is a separate, single-threaded process, so forking
-it is safe while the demo's own threads run. Where there is no forkserver (Windows), or for any other
-command, ``run`` starts a subprocess as before.
+small demo runs ≈ 40 decodings. ``ForkedRun`` therefore forks each one from a multiprocessing
+*forkserver* that imported those modules once. The forkserver is a separate, single-threaded process, so
+forking it is safe while the demo's own threads run. Where ``forkable`` says no (no forkserver, as on
+Windows, or any other command), the demo starts a subprocess as before (``run_demo.Children.run_decoding``).
 """
 import multiprocessing
 import os
 import runpy
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -67,10 +66,12 @@ def _child(argv, out_path: str, cwd: str, threads: int) -> None:
         else:
             sys.argv = list(argv[1:])
             runpy.run_path(argv[1], run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, (int, type(None))):
+    except SystemExit as e:  # sys.exit(None | int | message), as the interpreter would end
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
             print(e.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: B036 (reported in the output, as Python would)
         traceback.print_exc()
         code = 1
@@ -98,7 +99,7 @@ class ForkedRun:
         self.proc.terminate()
 
     def communicate(self):
-        """Wait for the child; its output (stdout and stderr) as text."""
+        """Wait for the child; (its output, stdout and stderr together, as text; None), as ``Popen``'s."""
         self.proc.join()
         try:
             with open(self.out_path, encoding="utf-8", errors="replace") as f:
@@ -109,8 +110,3 @@ class ForkedRun:
     @property
     def returncode(self):
         return self.proc.exitcode
-
-
-def completed(run) -> subprocess.CompletedProcess:
-    out, _ = run.communicate()
-    return subprocess.CompletedProcess(run.args, run.returncode, out)

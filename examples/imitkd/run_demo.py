@@ -322,41 +322,41 @@ class Children:
     def __init__(self):
         self.procs, self.lock, self.stopped = set(), threading.RLock(), None  # (re-entered by a signal)
 
-    def popen(self, cmd, **kwargs) -> subprocess.Popen:
+    def _start(self, start):
+        """``start()`` (a ``subprocess.Popen`` or a ``forked_decoding.ForkedRun``) as a tracked child,
+        unless ``stop`` came first."""
         with self.lock:
             if self.stopped is not None:
                 raise Interrupted(self.stopped)
-            proc = subprocess.Popen([str(c) for c in cmd], **kwargs)
+            proc = start()
             self.procs.add(proc)
             return proc
+
+    def popen(self, cmd, **kwargs) -> subprocess.Popen:
+        return self._start(lambda: subprocess.Popen([str(c) for c in cmd], **kwargs))
 
     def forget(self, proc: subprocess.Popen) -> None:
         with self.lock:
             self.procs.discard(proc)
 
-    def run(self, cmd, **kwargs) -> subprocess.CompletedProcess:
-        """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT, text=True, **kwargs)`` as a tracked child."""
-        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    def _wait(self, proc) -> subprocess.CompletedProcess:
+        """Wait for a tracked child; its output (stdout and stderr together) and exit status."""
         try:
             out, _ = proc.communicate()
         finally:
             self.forget(proc)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
+    def run(self, cmd, **kwargs) -> subprocess.CompletedProcess:
+        """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT, text=True, **kwargs)`` as a tracked child."""
+        return self._wait(self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs))
+
     def run_decoding(self, cmd, threads: int) -> subprocess.CompletedProcess:
         """A decoding (``imitkd-generate``, ``ctc_transcribe.py``): forked from the process that imported
         torch and fairseq once (``forked_decoding``; ≈ 7.5 s of a core less each); otherwise ``run``."""
         if not forked_decoding.forkable(cmd):
             return self.run(cmd, env=_env(threads), cwd=REPO)
-        with self.lock:
-            if self.stopped is not None:
-                raise Interrupted(self.stopped)
-            proc = forked_decoding.ForkedRun(cmd, REPO, threads)
-            self.procs.add(proc)
-        try:
-            return forked_decoding.completed(proc)
-        finally:
-            self.forget(proc)
+        return self._wait(self._start(lambda: forked_decoding.ForkedRun(cmd, REPO, threads)))
 
     def stop(self, signum: int) -> None:
         with self.lock:
@@ -894,8 +894,7 @@ def student_key(args, key: str, seed: int) -> str:
 
 
 def stage_student(args, P, corpus: Path, expert_ckpt: Path, asr_ckpt: Path, method: Method, clock,
-                  seed=None) -> dict:
-    seed = args.seed if seed is None else seed
+                  seed: int) -> dict:
     name = student_key(args, method.key, seed)
     sdir = args.out / "students" / name
     cmd = student_cmd(args, P, corpus, expert_ckpt, asr_ckpt, method, sdir, seed)
