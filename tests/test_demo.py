@@ -247,6 +247,14 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
             assert "\u2581" not in "".join(hyps)  # detokenized
         assert json.loads((evals / f"{key}.test.json").read_text())["bleu"] == row["bleu_test_beam5"]
         assert rows[row["method"]][7] == f"{row['bleu_test_beam5']:.2f}"
+        # ... and that column's own paired bootstrap against NLL's beam-5 test translations
+        p_fixed = rows[row["method"]][8]
+        if key == "nll":
+            assert p_fixed == "–" and row["p_vs_nll"]["test/beam5"] is None
+        else:
+            p = demo_module().paired_bootstrap(SimpleNamespace(out=out_dir), ddtp_ci, "test", "nll", key)
+            assert results["p_values"][f"test/beam5:{key}-vs-nll"] == row["p_vs_nll"]["test/beam5"] == p
+            assert p_fixed == f"{p:.3f}"
     assert len((out_dir / "eval" / "expert.test.hyp").read_text(encoding="utf-8").splitlines()) == n_test
 
     # where the students and the expert stop (examples/imitkd/length_diagnostics.py on this run's dev set)
@@ -306,6 +314,10 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         cells = table_rows(md.split("## Student seeds")[1])[METHODS[KEYS.index(key)]]
         assert cells[0] == " / ".join(f"{v:.2f}" for v in rec["test"]["bleu"])
         assert cells[1] == f"{rec['test']['mean']:.2f} ± {rec['test']['sd']:.2f}"
+        # every seed also with beam 5 on test (no decoding chosen on dev)
+        seed2_beam5 = json.loads((evals / f"{key}.seed2.test.json").read_text())["bleu"]
+        assert rec["test/beam5"]["bleu"] == [row["bleu_test_beam5"], seed2_beam5]
+        assert cells[4] == " / ".join(f"{v:.2f}" for v in rec["test/beam5"]["bleu"])
 
 
 def chosen_stem(evals: Path, key: str) -> str:

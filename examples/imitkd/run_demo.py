@@ -36,7 +36,8 @@ cores, without a GPU or any download but Debian's package index:
    with length penalty 2, greedy) and is scored on ``test`` and ``test_unseen`` (the same sentences
    spoken by held-out voices) with the one that has its best dev BLEU, and with beam 5 for reference;
    detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values (sacrebleu, 1000
-   resamples) of every method against NLL and of ImitKD-full against word-KD;
+   resamples) of every method against NLL and of ImitKD-full against word-KD, under the chosen decodings
+   and, on test, with every student under beam 5 (a comparison without any choice made on dev);
 7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss and
    dev-BLEU curves of every student, BLEU bars). With ``--student-seeds 2,3`` every student is also
    trained and scored with those seeds (after all the others), and ``results.md`` adds each method's
@@ -1058,13 +1059,23 @@ def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str)
     return float(results["BLEU"][1].p_value)
 
 
+#: the label of test under the fixed decoding in ``significance``'s keys (results.json: "test/beam5:a-vs-b")
+FIXED_TEST = f"test/{REFERENCE_DECODING}"
+
+
 def significance(args, P, corpus: Path, results) -> dict:
     """{(split, method, baseline): p} for every method vs NLL and ImitKD-full vs word-KD, each under the
-    decoding it was scored with (``results``)."""
-    pairs = [(m, "nll") for m in P["methods"] if m != "nll"] + [("imit_kd_CE", "word_kd")]
+    decoding it was scored with (``results``), and on test also with every student under ``REFERENCE_DECODING``
+    (split ``FIXED_TEST``): that comparison involves no choice of decoding on dev, and so none of its noise."""
+    pairs = [(s, b) for s, b in [(m, "nll") for m in P["methods"] if m != "nll"] + [("imit_kd_CE", "word_kd")]
+             if s in P["methods"] and b in P["methods"]]
     stem = lambda key, split: results[(key, split)]["system"]  # noqa: E731
-    return {(split, s, b): paired_bootstrap(args, corpus, split, stem(b, split), stem(s, split))
-            for split in args.splits for s, b in pairs if s in P["methods"] and b in P["methods"]}
+    pvalues = {(split, s, b): paired_bootstrap(args, corpus, split, stem(b, split), stem(s, split))
+               for split in args.splits for s, b in pairs}
+    if "test" in args.splits:
+        fixed = lambda key: system_name(key, REFERENCE_DECODING)  # noqa: E731
+        pvalues.update({(FIXED_TEST, s, b): paired_bootstrap(args, corpus, "test", fixed(b), fixed(s)) for s, b in pairs})
+    return pvalues
 
 
 # --------------------------------------------------------------------------- report
@@ -1138,20 +1149,24 @@ def _machine() -> str:
 
 def seed_table(args, P, by_seed):
     """Markdown lines and a JSON record: every student's BLEU on each test split under each seed (each
-    run scored with the decoding of its own best dev BLEU), their mean and sample standard deviation."""
+    run scored with the decoding of its own best dev BLEU), on test with ``REFERENCE_DECODING`` (``FIXED_TEST``),
+    their mean and sample standard deviation."""
     import statistics
 
     seeds = (args.seed, *args.student_seeds)
-    head = ["method"] + [h for s in args.splits for h in (f"BLEU {s}, seed {' / '.join(map(str, seeds))}",
-                                                           f"mean ± sd ({s})")]
+    columns = (*args.splits, FIXED_TEST)
+    head = ["method"] + [h for s in columns for h in (f"BLEU {s.replace('/', ', ')}, seed {' / '.join(map(str, seeds))}",
+                                                       f"mean ± sd ({s.replace('/', ', ')})")]
     head += ["dev BLEU, mean ± sd"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     record = {}
+    score = lambda ev, split: (ev["dev"][ev["chosen"]] if split == "dev"  # noqa: E731
+                               else ev["reference:test"] if split == FIXED_TEST else ev[split])["bleu"]
     for key in P["methods"]:
         evs = [by_seed[(key, seed)] for seed in seeds]
         cells, rec = [], dict(seeds=list(seeds))
-        for split in (*args.splits, "dev"):
-            vals = [ev["dev"][ev["chosen"]]["bleu"] if split == "dev" else ev[split]["bleu"] for ev in evs]
+        for split in (*columns, "dev"):
+            vals = [score(ev, split) for ev in evs]
             mean, sd = statistics.mean(vals), statistics.stdev(vals)
             rec[split] = dict(bleu=vals, mean=round(mean, 2), sd=round(sd, 2))
             spread = f"{mean:.2f} ± {sd:.2f}"
@@ -1168,8 +1183,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     splits = args.splits
     head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
     head += [f"p vs NLL ({s})" for s in splits]
-    head += ["decoding (dev BLEU)", f"BLEU test, {REFERENCE_DECODING}", "distinct (test)", "best dev NLL (bits)",
-             "checkpoint (update)", "train time"]
+    head += ["decoding (dev BLEU)", f"BLEU test, {REFERENCE_DECODING}", f"p vs NLL (test, {REFERENCE_DECODING})",
+             "distinct (test)", "best dev NLL (bits)", "checkpoint (update)", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = []
     for key in P["methods"]:
@@ -1184,13 +1199,14 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         distinct = distinct_outputs(args, results[(key, "test")]["system"])
         t = students[key]["train_seconds"]
         ckpt_update = best_update(dev, P["student_select"])
+        p_fixed = pvalues.get((FIXED_TEST, key, "nll"))
         cells += [f"{chosen} ({ev['dev'][chosen]['bleu']:.2f})", f"{ev['reference:test']['bleu']:.2f}",
-                  f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-",
+                  "–" if p_fixed is None else f"{p_fixed:.3f}", f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-",
                   "-" if ckpt_update is None else str(ckpt_update), fmt_time(t)]
         lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
         rows.append(dict(method=m.name, key=key, criterion=m.criterion, data=m.data, train_seconds=t, best_dev_nll=best,
                          checkpoint_update=ckpt_update, dev_bleu_curve=[(r["update"], r["bleu"]) for r in dev],
-                         distinct_test=distinct, p_vs_nll=ps, decoding=chosen,
+                         distinct_test=distinct, p_vs_nll={**ps, FIXED_TEST: p_fixed}, decoding=chosen,
                          dev_bleu={d: r["bleu"] for d, r in ev["dev"].items()},
                          **{f"bleu_test_{REFERENCE_DECODING}": ev["reference:test"]["bleu"]},
                          **{f"{k}_{s}": results[(key, s)][k] for s in splits for k in ("bleu", "chrf")}))
@@ -1199,7 +1215,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     _, expert_dev = curves(args.out / "expert" / "train.log")
     ex_best = min((r["nll"] for r in expert_dev if r["nll"] is not None), default=None)
     cells = [f"{ex['bleu']:.2f}", f"{ex['chrf']:.2f}"] + ["–", "–"] * (len(splits) - 1) + ["–"] * len(splits)
-    cells += [REFERENCE_DECODING, f"{ex['bleu']:.2f}", f"{distinct_outputs(args, 'expert')}/{n_test}",
+    cells += [REFERENCE_DECODING, f"{ex['bleu']:.2f}", "–", f"{distinct_outputs(args, 'expert')}/{n_test}",
               f"{ex_best:.3f}" if ex_best is not None else "-", str(best_update(expert_dev, "loss") or "-"),
               fmt_time(ex_time)]
     lines.append("| expert NMT, reads the English *text* (ceiling) | " + " | ".join(cells) + " |")
@@ -1210,8 +1226,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
                 "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items()))
-    extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s})"
-             for s in splits if (s, "imit_kd_CE", "word_kd") in pvalues]
+    extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s.replace('/', ', ')})"
+             for s in (*splits, FIXED_TEST) if (s, "imit_kd_CE", "word_kd") in pvalues]
     expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \
         if P["expert_text_pairs"] else n_train
     notes = [
@@ -1230,7 +1246,9 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         "detokenized sacreBLEU and chrF (sacrebleu API).",
         "Decoding: each student is scored (BLEU, chrF, p-values, distinct) with the decoding that has its best dev "
         f"BLEU among {', '.join(f'{d} ({decoding_flags(d)})' for d in args.decodings)}; the "
-        f"'BLEU test, {REFERENCE_DECODING}' column is every student with {REFERENCE_DECODING}, the expert always "
+        f"'BLEU test, {REFERENCE_DECODING}' column is every student with {REFERENCE_DECODING} (no choice on dev, "
+        "so none of its noise: the dev BLEU of one decoding is a single draw, that of the greedy decoding is also "
+        "the maximum that chose the checkpoint), with its own p-value against NLL's; the expert always "
         f"decodes with {REFERENCE_DECODING}.",
         f"Expert: transformer {P['expert_layers']}+{P['expert_layers']} layers, d={P['expert_dim']}, "
         f"{expert_done.get('reached')} updates on {expert_pairs} text pairs.",
