@@ -1263,7 +1263,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         seeds_md = ["## Student seeds", "", *table, "",
                     f"* Every student trained again with fairseq --seed {', '.join(map(str, args.student_seeds))} "
                     "(the decoder's initialisation, dropout and batch order; the same corpus, ASR model and expert) "
-                    "and scored like the table above: each run with the decoding of its best dev BLEU. sd: sample "
+                    "and scored like the table above: each run with the decoding of its best dev BLEU, and on test "
+                    f"also with {REFERENCE_DECODING} (no decoding chosen on dev). sd: sample "
                     "standard deviation over the seeds. The table above is seed "
                     f"{args.seed}; its p-values measure the test sentences' sampling noise, this the training run's.",
                     ""]
