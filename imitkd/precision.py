@@ -16,6 +16,7 @@ the cheaper packing) every time it runs, so it always decodes with the weights b
 """
 import contextlib
 import functools
+import os
 import warnings
 from typing import Dict, Iterable, Optional
 
@@ -29,9 +30,21 @@ INT8 = "int8"  #: int8 weights for the linear layers, fp32 elsewhere (CPUs only)
 CHOICES = ["auto", *DTYPES, INT8]
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN below its bf16 kernels
+ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def bf16_is_native(cpu_flags, torch_capability: str, onednn_max_isa: str = "") -> bool:
+    """Whether bf16 products are native: the CPU lists AVX512-BF16 or AMX-BF16, torch's kernels may use
+    AVX-512 (``ATEN_CPU_CAPABILITY``, e.g. ``AVX512``; capped at ``AVX2`` it is not) and oneDNN is not capped
+    below its bf16 kernels (``ONEDNN_MAX_CPU_ISA``). With either cap bf16 is emulated, as on an AVX2 CPU."""
+    return (("avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags) and torch_capability.upper().startswith("AVX512")
+            and onednn_max_isa.upper() not in ONEDNN_ISAS_WITHOUT_BF16)
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
-    """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 and torch has oneDNN (mkldnn)."""
+    """``bf16_is_native`` for this CPU (/proc/cpuinfo), this torch (which must have oneDNN) and its environment."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -39,7 +52,7 @@ def cpu_has_native_bf16() -> bool:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bf16_is_native(flags, torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
 
 
 def native_bf16(device: torch.device) -> bool:

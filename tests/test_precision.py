@@ -19,6 +19,18 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch):
         assert precision.rollout_autocast("bf16", cpu, torch.float16) == (None, None)
 
 
+def test_bf16_is_native_only_with_the_cpu_flag_and_uncapped_kernels():
+    """``auto``'s CPU test: AVX512-BF16 or AMX in /proc/cpuinfo, and neither torch (``ATEN_CPU_CAPABILITY``)
+    nor oneDNN (``ONEDNN_MAX_CPU_ISA``) capped below them (capped, bf16 is emulated: e.g. an AVX2 emulation)."""
+    from imitkd.precision import bf16_is_native
+    amx = ["fma", "avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    assert bf16_is_native(amx, "AVX512") and bf16_is_native(["avx512_bf16"], "AVX512", "AVX512_CORE_AMX")
+    assert not bf16_is_native(["fma", "avx2"], "AVX2")  # an AVX2-only CPU
+    assert not bf16_is_native(amx, "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not bf16_is_native(amx, "AVX512", "avx2")  # ONEDNN_MAX_CPU_ISA=avx2
+    assert not bf16_is_native(["avx512f"], "AVX512")  # AVX-512 without bf16 (e.g. Skylake-SP)
+
+
 def test_bf16_rollouts_and_expert_agree_with_fp32(toy, toy_student):
     """--rollout-dtype/--expert-dtype bf16 (what ``auto`` picks on CPUs with native bf16 and on GPUs):
     a trained student's rollouts are the fp32 ones, and the β = 0 loss is within 2 %."""
