@@ -3,7 +3,8 @@
 ``auto`` (the default of ``--expert-dtype`` and ``--rollout-dtype``) means bf16 where the hardware
 does bf16 matrix products natively — CUDA GPUs that support bf16, and CPUs with AVX512-BF16 or AMX
 (e.g. AMD Zen 4, Intel Sapphire Rapids), where large bf16 products run faster than fp32 ones — and
-fp32 elsewhere, where bf16 would be emulated and slower. Neither choice touches the student's
+fp32 elsewhere, where bf16 would be emulated and slower (also where ``ATEN_CPU_CAPABILITY`` or
+``ONEDNN_MAX_CPU_ISA`` caps the kernels below AVX-512 bf16). Neither choice touches the student's
 training forward or its gradients. Timings: benchmarks/README.md ("Where the time goes").
 
 ``int8`` (opt-in; ``auto`` never picks it: its speed-up on AVX2 CPUs did not reproduce between quiet runs,

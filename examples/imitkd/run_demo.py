@@ -1074,7 +1074,8 @@ def significance(args, P, corpus: Path, results) -> dict:
                for split in args.splits for s, b in pairs}
     if "test" in args.splits:
         fixed = lambda key: system_name(key, REFERENCE_DECODING)  # noqa: E731
-        pvalues.update({(FIXED_TEST, s, b): paired_bootstrap(args, corpus, "test", fixed(b), fixed(s)) for s, b in pairs})
+        pvalues.update({(FIXED_TEST, s, b): paired_bootstrap(args, corpus, "test", fixed(b), fixed(s))
+                        for s, b in pairs})
     return pvalues
 
 
@@ -1155,8 +1156,9 @@ def seed_table(args, P, by_seed):
 
     seeds = (args.seed, *args.student_seeds)
     columns = (*args.splits, FIXED_TEST)
-    head = ["method"] + [h for s in columns for h in (f"BLEU {s.replace('/', ', ')}, seed {' / '.join(map(str, seeds))}",
-                                                       f"mean ± sd ({s.replace('/', ', ')})")]
+    label = lambda split: split.replace("/", ", ")  # noqa: E731  (test/beam5 → "test, beam5")
+    head = ["method"] + [h for s in columns for h in (f"BLEU {label(s)}, seed {' / '.join(map(str, seeds))}",
+                                                       f"mean ± sd ({label(s)})")]
     head += ["dev BLEU, mean ± sd"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     record = {}
@@ -1201,7 +1203,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         ckpt_update = best_update(dev, P["student_select"])
         p_fixed = pvalues.get((FIXED_TEST, key, "nll"))
         cells += [f"{chosen} ({ev['dev'][chosen]['bleu']:.2f})", f"{ev['reference:test']['bleu']:.2f}",
-                  "–" if p_fixed is None else f"{p_fixed:.3f}", f"{distinct}/{n_test}", f"{best:.3f}" if best is not None else "-",
+                  "–" if p_fixed is None else f"{p_fixed:.3f}", f"{distinct}/{n_test}",
+                  f"{best:.3f}" if best is not None else "-",
                   "-" if ckpt_update is None else str(ckpt_update), fmt_time(t)]
         lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
         rows.append(dict(method=m.name, key=key, criterion=m.criterion, data=m.data, train_seconds=t, best_dev_nll=best,
