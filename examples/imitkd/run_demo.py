@@ -1063,20 +1063,24 @@ def paired_bootstrap(args, corpus: Path, split: str, baseline: str, system: str)
 FIXED_TEST = f"test/{REFERENCE_DECODING}"
 
 
+def split_label(split: str) -> str:
+    """A split as results.md names it: ``test``, ``test_unseen``, ``test, beam5`` (``FIXED_TEST``)."""
+    return split.replace("/", ", ")
+
+
 def significance(args, P, corpus: Path, results) -> dict:
     """{(split, method, baseline): p} for every method vs NLL and ImitKD-full vs word-KD, each under the
     decoding it was scored with (``results``), and on test also with every student under ``REFERENCE_DECODING``
     (split ``FIXED_TEST``): that comparison involves no choice of decoding on dev, and so none of its noise."""
     pairs = [(s, b) for s, b in [(m, "nll") for m in P["methods"] if m != "nll"] + [("imit_kd_CE", "word_kd")]
              if s in P["methods"] and b in P["methods"]]
-    stem = lambda key, split: results[(key, split)]["system"]  # noqa: E731
-    pvalues = {(split, s, b): paired_bootstrap(args, corpus, split, stem(b, split), stem(s, split))
-               for split in args.splits for s, b in pairs}
-    if "test" in args.splits:
-        fixed = lambda key: system_name(key, REFERENCE_DECODING)  # noqa: E731
-        pvalues.update({(FIXED_TEST, s, b): paired_bootstrap(args, corpus, "test", fixed(b), fixed(s))
-                        for s, b in pairs})
-    return pvalues
+    fixed = lambda key: system_name(key, REFERENCE_DECODING)  # noqa: E731
+    comparisons = {(split, s, b): (split, results[(b, split)]["system"], results[(s, split)]["system"])
+                   for split in args.splits for s, b in pairs}  # args.splits always holds test
+    comparisons.update({(FIXED_TEST, s, b): ("test", fixed(b), fixed(s)) for s, b in pairs})
+    # a pair whose chosen decodings on test are both beam 5 is the same comparison twice: tested once
+    tests = {c: paired_bootstrap(args, corpus, *c) for c in set(comparisons.values())}
+    return {label: tests[c] for label, c in comparisons.items()}
 
 
 # --------------------------------------------------------------------------- report
@@ -1156,9 +1160,8 @@ def seed_table(args, P, by_seed):
 
     seeds = (args.seed, *args.student_seeds)
     columns = (*args.splits, FIXED_TEST)
-    label = lambda split: split.replace("/", ", ")  # noqa: E731  (test/beam5 → "test, beam5")
-    head = ["method"] + [h for s in columns for h in (f"BLEU {label(s)}, seed {' / '.join(map(str, seeds))}",
-                                                       f"mean ± sd ({label(s)})")]
+    head = ["method"] + [h for s in columns for h in (f"BLEU {split_label(s)}, seed {' / '.join(map(str, seeds))}",
+                                                       f"mean ± sd ({split_label(s)})")]
     head += ["dev BLEU, mean ± sd"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     record = {}
@@ -1229,7 +1232,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
                 "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items()))
-    extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({s.replace('/', ', ')})"
+    extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({split_label(s)})"
              for s in (*splits, FIXED_TEST) if (s, "imit_kd_CE", "word_kd") in pvalues]
     expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \
         if P["expert_text_pairs"] else n_train
