@@ -343,6 +343,24 @@ def test_students_start_costliest_first_and_further_seeds_last(tmp_path):
     assert jobs["nll.seed2"][1] == ("asr",)
 
 
+def test_stage_keys_do_not_depend_on_where_the_checkout_or_venv_lies(tmp_path, monkeypatch):
+    """A demo resumed from another checkout (a git worktree) or venv skips what is done: neither the
+    executable nor this checkout's own scripts enter a stage's key by their absolute path."""
+    demo = demo_module()
+    other = tmp_path / "elsewhere"
+    moved = {name: other / getattr(demo, name).relative_to(demo.REPO) for name in ("CTC_SCRIPT", "DATASET_SCRIPT")}
+    here = [sys.executable, demo.CTC_SCRIPT, tmp_path / "corpus", "--joint-beam", "4"]
+    key = demo.command_key(here, "asr-key")
+    monkeypatch.setattr(demo, "REPO", other)
+    for name, path in moved.items():
+        monkeypatch.setattr(demo, name, path)
+    assert demo.command_key(["/opt/venv/bin/python", moved["CTC_SCRIPT"], *here[2:]], "asr-key") == key
+    # what the stage reads and does still changes it
+    assert demo.command_key(["python", moved["CTC_SCRIPT"], *here[2:]], "other-asr-key") != key
+    assert demo.command_key(["python", moved["CTC_SCRIPT"], tmp_path / "corpus", "--joint-beam", "8"], "asr-key") != key
+    assert demo.command_key(["python", moved["DATASET_SCRIPT"], *here[2:]], "asr-key") != key
+
+
 def test_linear_lr_decay_refuses_a_time_cap():
     """A linear decay ends at --max-update; under a wall-clock cap it would stop at a high learning rate."""
     demo = demo_module()

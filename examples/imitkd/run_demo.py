@@ -470,6 +470,15 @@ def _settings_key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def command_key(cmd, *deps: str) -> str:
+    """The key of a stage run by ``cmd``, given the keys of the stages it reads (``deps``): its arguments
+    after the executable, with this checkout's own scripts named relative to the checkout. Where the
+    checkout or the virtual environment lies never enters a key, so the same ``--out`` resumed from
+    another checkout (a git worktree) skips what is done."""
+    scripts = (CTC_SCRIPT, DATASET_SCRIPT)
+    return _settings_key([str(c.relative_to(REPO)) if c in scripts else str(c) for c in cmd[1:]] + list(deps))
+
+
 def _done(path: Path, key: str):
     """The done-record of a stage if it finished with these settings, else None."""
     if not path.is_file():
@@ -511,7 +520,7 @@ def _prepare_run_dir(d: Path, key: str, force: bool) -> str:
 def train_run(args, clock, run_dir: Path, cmd, label: str, updates: int, deps=()) -> dict:
     """One fairseq-train run, skipped when done with the same command and dependencies, resumed
     when interrupted. Returns its done-record (``key``, ``train_seconds``)."""
-    key = _settings_key([str(c) for c in cmd[1:]] + [_done_key(Path(d)) for d in deps])
+    key = command_key(cmd, *(_done_key(Path(d)) for d in deps))
     with clock.stage(label) as st:
         done = _done(run_dir / "done.json", key)
         if done and (run_dir / "checkpoint_best.pt").is_file() and not args.force:
@@ -681,10 +690,10 @@ def stage_expert(args, P, corpus: Path, clock) -> Path:
                 "--validpref", text / "dev.spm", "--testpref", f"{text / 'test.spm'},{text / 'train.spm'}",
                 "--srcdict", corpus / "dict.txt", "--tgtdict", corpus / "dict.txt", "--destdir", bin_dir,
                 "--workers", max(1, args.workers)]
-    if not (bin_dir / "done").is_file() or (bin_dir / "done").read_text() != _settings_key(prep_cmd):
+    if not (bin_dir / "done").is_file() or (bin_dir / "done").read_text() != command_key(prep_cmd):
         shutil.rmtree(bin_dir, ignore_errors=True)
         run_logged(prep_cmd, args.out / "expert-bin.log", clock, "preprocess", args.threads, quiet=True)
-        (bin_dir / "done").write_text(_settings_key(prep_cmd))
+        (bin_dir / "done").write_text(command_key(prep_cmd))
     if (bin_dir / "dict.de.txt").read_text(encoding="utf-8") != (corpus / "dict.txt").read_text(encoding="utf-8"):
         raise DemoError("the expert's target dictionary differs from the corpus dict.txt")
     cmd = [_exe("imitkd-train"), bin_dir, *expert_flags(P), *common_flags(args.seed),
@@ -816,7 +825,7 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
                    model_config(args, corpus), "--gen-subset", f"{split}_asr", "--path", asr_ckpt,
                    *gen_common(args, P["transcribe_beam"] if split in ("train", "dev") else 5)]
             log = tdir / f"asr.{split}.log"
-        key = _settings_key([str(x) for x in cmd[1:]] + [asr_key])
+        key = command_key(cmd, asr_key)
         return lambda: generate(args, clock, cmd, log, key, f"ASR transcribes {split} ({decoding})")
 
     def split_wer(split, log):
@@ -851,7 +860,7 @@ def stage_seqkd_data(args, corpus: Path, expert_ckpt: Path, clock) -> Path:
     cmd = [_exe("imitkd-generate"), args.out / "expert-bin", "--path", expert_ckpt, "--gen-subset",
            "test1", "--source-lang", "en", "--target-lang", "de", "--post-process", "sentencepiece",
            *gen_common(args)]
-    key = _settings_key([str(x) for x in cmd[1:]] + [_done_key(expert_ckpt.parent / "done.json")])
+    key = command_key(cmd, _done_key(expert_ckpt.parent / "done.json"))
     with clock.stage("seqkd data"):
         log = generate(args, clock, cmd, args.out / "transcripts" / "expert.train.log", key, "expert translates train")
         _generated_manifest(corpus / "train.tsv", corpus / "train_seqkd.tsv", ["-o", log], clock)
@@ -932,7 +941,7 @@ def evaluate(args, clock, system: str, split: str, gen_cmd, refs, key_parts) -> 
     edir = args.out / "eval"
     edir.mkdir(parents=True, exist_ok=True)
     res_path, hyp_path = edir / f"{system}.{split}.json", edir / f"{system}.{split}.hyp"
-    key = _settings_key([str(c) for c in gen_cmd[1:]] + list(key_parts))
+    key = command_key(gen_cmd, *key_parts)
     done = _done(res_path, key)
     if done and hyp_path.is_file() and not args.force:
         return done
