@@ -143,7 +143,7 @@ PRESETS = {
         encoder_freezing=10, student_select="bleu",
         beta_hold=0, transcribe_beam=1, joint_beam=2, log_interval=10, validate_every=50,
     ),
-    # chosen on dev (see README): the ASR model and the expert train side by side for at most their
+    # chosen on dev (examples/imitkd/RESULTS.md): the ASR model and the expert train side by side for at most their
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates; β is
     # held at 1 for the first half of the ImitKD runs (dev BLEU 7.15 vs 5.56 without the hold). Batches
     # are half (ASR, students) or a quarter (expert) of what they were before: twice the updates in the
@@ -151,9 +151,9 @@ PRESETS = {
     # 7.93 vs 6.93, ImitKD-full 8.07 vs 7.63; expert dev NLL after 15 min 4.69 vs 4.82). The expert has
     # no dropout: its 15 minutes are < 2 epochs of the 30k pairs, and without dropout (and attention
     # dropout) its dev NLL after 15 min was 3.24 bits against 3.95 with dropout 0.2 (0.1 / 0.1: 3.63),
-    # dev BLEU (beam 5) 12.4 against 7.1 (0.1: 10.1); dev probes beside each other at 7d92867 (README).
+    # dev BLEU (beam 5) 12.4 against 7.1 (0.1: 10.1); dev probes beside each other at 7d92867 (RESULTS.md).
     # The ASR stage's cap is 0.25 h (was 0.27): joint decoding's train transcription (~3 min on one core)
-    # is paid for from it. The demo still took 66 minutes at 38c8ee8 (README: the schedule, since changed)
+    # is paid for from it. The demo still took 66 minutes at 38c8ee8 (RESULTS.md: the schedule, since changed)
     "small": dict(
         corpus="small", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
         expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.0,
@@ -172,12 +172,12 @@ PRESETS = {
 # when stopped, and the student updates; medium adds SeqKD and ImitKD*. Its expert keeps the batches it was
 # measured with (2,800 updates of 4,096 tokens) and, like small's, has no dropout: at 1,800 updates its dev
 # NLL was 2.42 bits and dev BLEU 17.8, against 2.50 and 17.1 after all 2,800 with dropout 0.2 (dev probe at
-# fba3a31, README; checkpoint_best keeps the lowest dev loss). Its ASR stage also reads 16,000 English-only
+# fba3a31, RESULTS.md; checkpoint_best keeps the lowest dev loss). Its ASR stage also reads 16,000 English-only
 # utterances: on the 4,698 pairs alone it overfits from ~4,000 updates on (train NLL 0.9, dev 2.0 bits) and
-# ends at 60.2 % CTC dev WER; with them, 46.7 % at 6,400 updates (dev probe at 4c757de, README). Its learning
+# ends at 60.2 % CTC dev WER; with them, 46.7 % at 6,400 updates (dev probe at 4c757de, RESULTS.md). Its learning
 # rate stays 1/√update: a linear decay to 0 (asr_lr_schedule "linear", run at 617925e) lowered the attention
 # decoder's dev WER (53.0 → 42.9 %) but raised the CTC head's (45.8 → 52.5 %), and the six students built on
-# that encoder all had a higher dev NLL (+0.07 to +0.11 bits), five a lower dev BLEU (README). Students keep
+# that encoder all had a higher dev NLL (+0.07 to +0.11 bits), five a lower dev BLEU (RESULTS.md). Students keep
 # the checkpoint of the best greedy dev BLEU (small's student_select, inherited): in medium the best dev NLL
 # kept ImitKD-optimal's update 1,000 (β still 1) and ImitKDT's 1,200 of 2,000, and their last checkpoints
 # decode dev 0.8 / 1.0 BLEU better (ImitKD-full 1,400: +0.3; NLL, word-KD and KDT: best = last); small's
@@ -802,7 +802,7 @@ def word_error_rate(hyps, refs) -> float:
 #: path rescored by 0.5·log p_CTC + 0.5·log p_att + 1.0·tokens); the one with the lowest dev WER transcribes
 #: train and the test splits. Joint decoding's weights were chosen on dev (medium's ASR model at e20bd7e:
 #: 28.1 % dev WER against 45.8 % best path and 53.0 % beam search; small's at fba3a31: 59.6 % against
-#: 62.3 % and 74.8 %; README); its beam is the preset's joint_beam (medium dev WER 30.5 % at 4, 28.1 % at 8)
+#: 62.3 % and 74.8 %; RESULTS.md); its beam is the preset's joint_beam (medium dev WER 30.5 % at 4, 28.1 % at 8)
 ASR_DECODINGS = ("beam", "ctc", "joint")
 JOINT_WEIGHTS = ["--joint-ctc-weight", "0.5", "--joint-length-bonus", "1.0"]
 
