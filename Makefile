@@ -1,5 +1,5 @@
 # imitkd-ast: two commands do all set-up on a fresh machine
-#   make demo   # builds the offline DDTP-ST corpus, trains an NMT expert and three students, prints a table
+#   make demo   # builds the offline DDTP-ST corpus, trains an ASR model, an NMT expert and six students, prints a table
 #   make test   # runs the whole test suite
 VENV   ?= .venv
 PYTHON ?= python3
