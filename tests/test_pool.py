@@ -2,6 +2,9 @@
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +72,14 @@ print("done")
 def test_the_pool_ends_under_a_raising_sigterm_handler_after_results_and_after_errors():
     """150 pools ended by an error (``terminate``) and 150 ended after their results, in a process whose
     SIGTERM handler raises: before the workers' signal handling was set across the fork, such a loop hung
-    within a few hundred pools (the timeout fails the test instead)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    within a few hundred pools (the timeout fails the test instead, and ends the hung workers too)."""
     code = RACE.format(tests=str(Path(__file__).parent))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a pool did not end within 60 s")
+    assert proc.returncode == 0 and out.strip() == "done", err[-2000:]
