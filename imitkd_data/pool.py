@@ -41,10 +41,11 @@ def map_with_progress(fn, jobs: list, workers: int, desc: str, progress: bool = 
     bar = dict(total=len(jobs), desc=desc, disable=not progress, unit="utt", smoothing=0.05)
     if workers <= 1 or len(jobs) <= 1:
         return [fn(j) for j in tqdm(jobs, **bar)]
-    if "fork" not in multiprocessing.get_all_start_methods() or not hasattr(signal, "pthread_sigmask"):
-        with multiprocessing.get_context().Pool(workers) as pool:  # spawn: workers start with default handlers
-            return list(tqdm(pool.imap(fn, jobs, chunksize=chunksize), **bar))
-    with _start_pool(multiprocessing.get_context("fork"), workers) as pool:  # an exception: terminate
+    if "fork" in multiprocessing.get_all_start_methods() and hasattr(signal, "pthread_sigmask"):
+        pool = _start_pool(multiprocessing.get_context("fork"), workers)
+    else:  # spawn: the workers are new interpreters, with default handlers
+        pool = multiprocessing.get_context().Pool(workers)
+    with pool:  # leaving by an exception: terminate
         results = list(tqdm(pool.imap(fn, jobs, chunksize=chunksize), **bar))
         pool.close()
         pool.join()
