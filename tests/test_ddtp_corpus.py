@@ -149,6 +149,32 @@ def test_voices(manifests):
     assert {r["speaker"] for s in ("dev_unseen", "test_unseen") for r in manifests[s]} == unseen
 
 
+def test_train_voices_many_changes_only_the_train_splits(selection, translations):
+    """``train_voices="many"``: train and train_asr_extra drawn from 90 voices (the seen accents × 15 variants,
+    the seen voices among them, no held-out accent or variant); dev/test/unseen plans stay bit for bit; every
+    voice exists in this espeak-ng (check_voices); an unknown pool is a one-line BuildError."""
+    sel, _ = ddtp_text.select_text(translations, "ci", 1, {"train_asr_extra": CI_ASR_EXTRA})
+    seen, many = speech.plan_utterances(sel, 1), speech.plan_utterances(sel, 1, "many")
+    pool = speech.TRAIN_VOICES["many"]
+    assert len(pool) == len(set(pool)) == 90 and set(speech.SEEN_VOICES) <= set(pool)
+    held_out = {v.partition("+")[0] for v in speech.UNSEEN_VOICES} | {v.partition("+")[2] for v in speech.UNSEEN_VOICES}
+    assert not {part for v in pool for part in v.split("+")} & held_out
+    speech.check_voices(pool)
+    for split in seen:
+        if split in speech.TRAIN_SPLITS:
+            voices = {u.voice for u in many[split]}
+            assert voices <= set(pool) and len(voices) > len(speech.SEEN_VOICES)  # 200 draws from 90
+            assert [(u.id, u.src_text) for u in many[split]] == [(u.id, u.src_text) for u in seen[split]]
+        else:
+            assert many[split] == seen[split], split
+    params = lambda tv: provenance.build_params(size="ci", seed=1, counts=None, feature_dtype="float32", text_sha="x",
+                                                spm_vocab_size=None, spm_type="unigram", train_voices=tv)
+    assert "train_voices" not in params("seen") and params("many")["train_voices"] == "many"
+    with pytest.raises(BuildError, match="unknown train_voices 'all'"):
+        from imitkd_data.ddtp.corpus import build
+        build(Path("/nonexistent/never-created"), size="ci", train_voices="all")
+
+
 def test_features(ddtp_ci, manifests):
     from fairseq.data.audio.audio_utils import get_features_or_waveform
 

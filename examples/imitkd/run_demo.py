@@ -155,7 +155,7 @@ PRESETS = {
     # The ASR stage's cap is 0.25 h (was 0.27): joint decoding's train transcription (~3 min on one core)
     # is paid for from it. The demo still took 66 minutes at 38c8ee8 (RESULTS.md: the schedule, since changed)
     "small": dict(
-        corpus="small", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
+        corpus="small", train_voices="seen", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
         expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.0,
         expert_attention_dropout=0.0, expert_max_tokens=2048,
         expert_lr=3e-3, expert_warmup=200, expert_updates=4000, expert_stop_hours=0.25,
@@ -183,7 +183,7 @@ PRESETS = {
 # decode dev 0.8 / 1.0 BLEU better (ImitKD-full 1,400: +0.3; NLL, word-KD and KDT: best = last); small's
 # ImitKD students hold β = 1 for 500 of 1,000 updates, the same situation
 PRESETS["medium"] = dict(
-    PRESETS["small"], methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
+    PRESETS["small"], train_voices="many", methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=7200, asr_stop_hours=0, asr_extra=16000,
     student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=8, log_interval=50, validate_every=200,
 )
@@ -553,7 +553,8 @@ def stage_corpus(args, P, clock) -> Path:
             m = json.loads(manifest.read_text()) if manifest.is_file() and not args.rebuild_corpus else {}
             if (m.get("size") == P["corpus"] and m.get("seed") == args.seed
                     and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]
-                    and (m.get("params") or {}).get("counts", {}) == (corpus_counts(P) or {})):
+                    and (m.get("params") or {}).get("counts", {}) == (corpus_counts(P) or {})
+                    and (m.get("params") or {}).get("train_voices", "seen") == P["train_voices"]):
                 st.skip(f"{corpus} exists (size {P['corpus']}); --rebuild-corpus to re-synthesise")
             else:
                 if shutil.which("espeak-ng") is None:
@@ -561,11 +562,15 @@ def stage_corpus(args, P, clock) -> Path:
                 clock.say(f"   building DDTP-ST size={P['corpus']} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
                 try:
                     build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers, counts=corpus_counts(P),
-                          spm_vocab_size=P["spm_vocab_size"], overwrite=args.rebuild_corpus, progress=not args.quiet)
+                          train_voices=P["train_voices"], spm_vocab_size=P["spm_vocab_size"],
+                          overwrite=args.rebuild_corpus, progress=not args.quiet)
                 except ParamsMismatch as e:
                     raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
                 except BuildError as e:
                     raise DemoError(f"building the corpus failed: {e}") from None
+                if not args.force and any((args.out / d).exists() for d in ("asr", "expert", "students", "eval")):
+                    clock.say("   the corpus was (re)built: the models and evaluations after it are redone")
+                    args.force = True
         write_asr_manifests(corpus, args.splits)
         return corpus
 

@@ -22,8 +22,9 @@ What it does
    random voice, rate (``-s`` 140–200) and pitch (``-p`` 35–65); resampled 22050 → 16000 Hz
    (``scipy.signal.resample_poly(320, 441)``), peak gain 0.3–0.9, white noise at 15–40 dB SNR (so no
    frame sits at the log-mel floor of digital silence), quantised to 16 bit.
-   Voices: ``SEEN_VOICES`` (8) for train/dev/test; ``UNSEEN_VOICES`` (2, accents and variants not used
-   in training) only for the extra splits ``dev_unseen`` / ``test_unseen``, which hold the *same
+   Voices: ``SEEN_VOICES`` (8) for train/dev/test; with ``--train-voices many`` the train splits are
+   spoken by 90 voices instead (the 6 seen accents × 15 espeak-ng variants, the 8 seen voices among them;
+   dev/test unchanged). ``UNSEEN_VOICES`` (2, accents and variants not used in training) only for the extra splits ``dev_unseen`` / ``test_unseen``, which hold the *same
    sentences* as dev/test spoken by a held-out voice (compare dev vs dev_unseen for speaker robustness).
    All random choices derive from (seed, utterance id): the build is deterministic given ``--seed``
    (and the Translation files and espeak-ng version, which MANIFEST.json records).
@@ -39,7 +40,7 @@ Output layout (``--out-dir``)::
     fbank80.zip                         features, <id>.npy members (ZIP_STORED)
     train.tsv dev.tsv test.tsv          fairseq S2T manifests: id audio n_frames tgt_text speaker src_text
     dev_unseen.tsv test_unseen.tsv      same sentences as dev/test, held-out voices (speaker = voice)
-    train_asr_extra.tsv                 with --asr-extra N: English-only utterances (seen voices) of train
+    train_asr_extra.tsv                 with --asr-extra N: English-only utterances (train voices) of train
                                         packages, tgt_text = src_text = the transcript (for an ASR stage);
                                         their text in text/train_asr_extra.en
     text/{train,dev,test}.{en,de}       raw parallel text (one sentence per line) for the text NMT expert
@@ -71,6 +72,7 @@ import sys
 from pathlib import Path
 
 from imitkd_data.ddtp.corpus import build
+from imitkd_data.ddtp.speech import TRAIN_VOICES
 from imitkd_data.ddtp.text import ASR_EXTRA, SIZES
 from imitkd_data.errors import DataPrepError
 
@@ -86,6 +88,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-extra", default=0, type=int, metavar="N",
                    help="also N English-only utterances of train packages (train_asr_extra.tsv, tgt_text = the English "
                         "transcript) for an ASR stage; no template of any pair's split (default 0)")
+    p.add_argument("--train-voices", default="seen", choices=list(TRAIN_VOICES),
+                   help="voices of train/train_asr_extra: 'seen' (the 8 of dev/test) or 'many' (6 accents × 15 "
+                        "variants, the seen 8 among them); dev/test keep the seen voices (default seen)")
     p.add_argument("--spm-vocab-size", type=int, help="also train a joint en+de sentencepiece model of this size + dict.txt + config.yaml")
     p.add_argument("--spm-type", default="unigram", choices=["unigram", "bpe"], help="joint sentencepiece model type")
     p.add_argument("--translations-dir", type=Path, help="use Translation-en/-de from this dir (no apt-get update)")
@@ -112,7 +117,8 @@ def main(argv=None) -> int:
             spm_type=args.spm_type, translations_dir=args.translations_dir, cache_dir=args.cache_dir,
             refresh=args.refresh, install_deps=args.install_deps, save_audio=args.save_audio,
             feature_dtype=args.feature_dtype, keep_npy=args.keep_npy, overwrite=args.overwrite,
-            counts={ASR_EXTRA: args.asr_extra} if args.asr_extra else None, progress=not args.no_progress,
+            counts={ASR_EXTRA: args.asr_extra} if args.asr_extra else None, train_voices=args.train_voices,
+            progress=not args.no_progress,
         )
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,7 +21,7 @@ from ..pool import map_with_progress
 from ..vocab import train_spm, write_fairseq_dict
 from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
-from .speech import (SEEN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version, install_espeak,
+from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version, install_espeak,
                      plan_utterances, utt_job)
 from .text import ASR_EXTRA, BASE_SPLITS, SIZES, Pair, select_text
 
@@ -45,6 +45,7 @@ def build(
     keep_npy: bool = False,
     overwrite: bool = False,
     counts: Optional[Dict[str, int]] = None,
+    train_voices: str = "seen",
     progress: bool = True,
 ) -> Path:
     """Build (or finish, or verify) the corpus in ``out_dir``; returns ``out_dir`` as a Path.
@@ -52,12 +53,15 @@ def build(
     ``translations_dir`` holds ready Translation-en / Translation-de files (skips apt); otherwise they
     are fetched into ``cache_dir`` (default ``<out_dir>/apt``) once and reused. ``counts`` overrides
     the split sizes of ``size`` (e.g. ``{"train": 50}``; ``{"train_asr_extra": N}`` adds N English-only
-    utterances for the ASR stage, ``text.ASR_EXTRA``). Re-running with the same arguments only does
+    utterances for the ASR stage, ``text.ASR_EXTRA``). ``train_voices`` (``speech.TRAIN_VOICES``: ``seen`` or
+    ``many``) names the voices of the train splits; dev/test keep the seen voices. Re-running with the same arguments only does
     what is missing; different arguments on an existing build need ``overwrite=True``.
     """
     started = time.time()
     if size not in SIZES:
         raise BuildError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
+    if train_voices not in TRAIN_VOICES:
+        raise BuildError(f"unknown train_voices {train_voices!r} (choose from {', '.join(TRAIN_VOICES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     translations = _translations(out_dir, translations_dir, cache_dir, refresh)
@@ -65,7 +69,8 @@ def build(
     inputs = input_record(translations, apt_source)
     text, pools = select_text(translations, size, seed, counts)
     params = build_params(size=size, seed=seed, counts=counts, feature_dtype=feature_dtype,
-                          text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type)
+                          text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type,
+                          train_voices=train_voices)
     if not overwrite and is_complete(out_dir, params):
         logger.info("%s is complete and verified; nothing to do", out_dir)
         return out_dir
@@ -73,10 +78,10 @@ def build(
     if shutil.which("espeak-ng") is None and install_deps:
         install_espeak()
     version = espeak_version()
-    check_voices(SEEN_VOICES + UNSEEN_VOICES)
+    check_voices(tuple(dict.fromkeys(SEEN_VOICES + TRAIN_VOICES[train_voices] + UNSEEN_VOICES)))
     _claim(out_dir, params, version, overwrite)
 
-    plan = plan_utterances(text, seed)
+    plan = plan_utterances(text, seed, train_voices)
     _write_text(out_dir / "text", text, plan)
     splits = _speech(out_dir, plan, workers=workers, feature_dtype=feature_dtype, save_audio=save_audio,
                      keep_npy=keep_npy, progress=progress)
@@ -89,7 +94,7 @@ def build(
         outputs += ["spm_joint.model", "dict.txt", "config.yaml"]
         outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
     write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
-                        apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
+                        apt_source=apt_source, espeak_version=version, pools=pools, splits=splits, train_voices=train_voices,
                         feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
     logger.info("built %s in %.1f s: %s", out_dir, time.time() - started, {s: v["pairs"] for s, v in splits.items()})
     return out_dir

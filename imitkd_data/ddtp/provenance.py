@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .. import atomic
-from .speech import GAIN, PITCH, RATE, SAMPLE_RATE, SEEN_VOICES, SNR_DB, UNSEEN_VOICES
+from .speech import GAIN, PITCH, RATE, SAMPLE_RATE, SEEN_VOICES, SNR_DB, TRAIN_SPLITS, TRAIN_VOICES, UNSEEN_VOICES
 from .text import SIZES, SPLIT_RULE, WORD_LIST, Pair
 
 #: bump when the same parameters would give other outputs (a cached corpus is then rebuilt)
@@ -40,12 +40,15 @@ def text_sha256(text: Dict[str, List[Pair]]) -> str:
 
 
 def build_params(*, size: str, seed: int, counts: Optional[Dict[str, int]], feature_dtype: str, text_sha: str,
-                 spm_vocab_size: Optional[int], spm_type: str) -> dict:
-    """What a build's outputs depend on (MANIFEST.json ``params``); all but ``spm`` also fix the features."""
+                 spm_vocab_size: Optional[int], spm_type: str, train_voices: str = "seen") -> dict:
+    """What a build's outputs depend on (MANIFEST.json ``params``); all but ``spm`` also fix the features.
+    ``train_voices`` is recorded only when it is not ``seen``, so earlier builds keep their parameters."""
     params = dict(
         builder_version=BUILDER_VERSION, size=size, seed=seed, counts=counts or {}, feature_dtype=feature_dtype,
         seen_voices=list(SEEN_VOICES), unseen_voices=list(UNSEEN_VOICES), text_sha256=text_sha,
     )
+    if train_voices != "seen":
+        params["train_voices"] = train_voices
     params["spm"] = dict(vocab_size=spm_vocab_size, type=spm_type) if spm_vocab_size else None
     return params
 
@@ -87,7 +90,7 @@ def _versions() -> dict:
 
 def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, started: float, inputs: dict,
                         apt_source: Optional[dict], espeak_version: str, pools: Dict[str, int], splits: dict,
-                        feature_dtype: str, spm: Optional[dict], outputs: List[str]) -> None:
+                        train_voices: str, feature_dtype: str, spm: Optional[dict], outputs: List[str]) -> None:
     """Write ``MANIFEST.json`` (atomically): provenance of the build, the sha256 of every file in ``outputs``.
     ``started``: ``time.time()`` at the start of the build; ``splits``: per-split pairs/hours/voices."""
     manifest = dict(
@@ -101,7 +104,9 @@ def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, st
         inputs=inputs,
         apt_source=apt_source,
         espeak_ng_version=espeak_version,
-        voices=dict(seen=list(SEEN_VOICES), unseen=list(UNSEEN_VOICES)),
+        voices=dict(seen=list(SEEN_VOICES), unseen=list(UNSEEN_VOICES),
+                    **({} if train_voices == "seen" else {"train": dict(pool=train_voices, splits=list(TRAIN_SPLITS),
+                                                                         voices=list(TRAIN_VOICES[train_voices]))})),
         synthesis=dict(rate=list(RATE), pitch=list(PITCH), peak_gain=list(GAIN), snr_db=list(SNR_DB),
                        sample_rate=SAMPLE_RATE, resample="scipy.signal.resample_poly up/down (22050->16000: 320/441)",
                        quantisation="int16"),

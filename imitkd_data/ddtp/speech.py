@@ -2,9 +2,10 @@
 
 Every random choice (voice, rate, pitch, gain, SNR, noise seed) is fixed up front from (seed, utterance id)
 by ``plan_utterances``, so the synthesis is deterministic given the seed and the espeak-ng version.
-Voices: ``SEEN_VOICES`` for train/dev/test (and the English-only ``train_asr_extra``, whose target is the
-transcript), ``UNSEEN_VOICES`` only for ``dev_unseen``/``test_unseen`` (the dev/test sentences spoken by
-held-out voices).
+Voices: ``SEEN_VOICES`` for dev/test, ``TRAIN_VOICES[train_voices]`` for train and the English-only
+``train_asr_extra`` (whose target is the transcript): ``"seen"`` is ``SEEN_VOICES`` again, ``"many"`` the six
+seen accents × 15 variants (the seen voices among them). ``UNSEEN_VOICES`` only speak ``dev_unseen``/
+``test_unseen`` (the dev/test sentences by held-out voices); their accents and variants are in no pool.
 """
 import io
 import logging
@@ -31,6 +32,14 @@ SEEN_VOICES = (
     "en-us+m3", "en-us+f2", "en-gb-x-rp+m5", "en-us+f4", "en-029+m1", "en-gb-scotland+f3", "en-gb+m2", "en-us-nyc+f1",
 )
 UNSEEN_VOICES = ("en-gb-x-gbclan+m4", "en-gb-x-gbcwmd+f5")
+#: the seen voices' accents × espeak-ng's numbered variants (less the held-out m4/f5) and its Klatt synthesiser
+SEEN_ACCENTS = tuple(dict.fromkeys(v.partition("+")[0] for v in SEEN_VOICES))
+MANY_VARIANTS = ("m1", "m2", "m3", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "klatt", "klatt2", "klatt3", "klatt4")
+TRAIN_VOICES = {
+    "seen": SEEN_VOICES,
+    "many": tuple(f"{a}+{v}" for a in SEEN_ACCENTS for v in MANY_VARIANTS),
+}
+TRAIN_SPLITS = ("train", ASR_EXTRA)  #: the splits that ``train_voices`` speaks
 UNSEEN_SPLITS = {"dev_unseen": "dev", "test_unseen": "test"}
 #: espeak-ng's speaking rate (-s) and pitch (-p), peak gain and white-noise SNR (dB): uniform ranges per utterance
 RATE, PITCH, GAIN, SNR_DB = (140, 200), (35, 65), (0.3, 0.9), (15.0, 40.0)
@@ -53,12 +62,16 @@ class UttSpec:
     package: str
 
 
-def plan_utterances(text: Dict[str, List[Pair]], seed: int) -> Dict[str, List[UttSpec]]:
-    """Every random choice of the synthesis, fixed up front from (seed, utterance id)."""
+def plan_utterances(text: Dict[str, List[Pair]], seed: int, train_voices: str = "seen") -> Dict[str, List[UttSpec]]:
+    """Every random choice of the synthesis, fixed up front from (seed, utterance id); ``train_voices``
+    (a ``TRAIN_VOICES`` key) changes only the train splits' voices, dev/test stay as they are."""
     plan = {}
     for split in list(BASE_SPLITS) + list(UNSEEN_SPLITS) + [s for s in (ASR_EXTRA,) if s in text]:
         pairs = text[UNSEEN_SPLITS.get(split, split)]
-        voices = UNSEEN_VOICES if split in UNSEEN_SPLITS else SEEN_VOICES
+        if split in UNSEEN_SPLITS:
+            voices = UNSEEN_VOICES
+        else:
+            voices = TRAIN_VOICES[train_voices] if split in TRAIN_SPLITS else SEEN_VOICES
         specs = []
         for i, p in enumerate(pairs):
             utt_id = f"{split}_{i:05d}"
