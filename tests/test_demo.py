@@ -210,6 +210,12 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert asr == demo_module().parse_hypotheses(train_log.read_text(), len(gold), train_log)
     assert (f"chosen on dev: dev WER {chosen['dev_wer']['beam']:.1f} % (beam) vs {chosen['dev_wer']['ctc']:.1f} % (ctc) vs "
             f"{chosen['dev_wer']['joint']:.1f} % (joint)") in md
+    # ... and dev_unseen (the dev sentences by held-out voices) with the chosen decoding: its WER is reported
+    unseen_log = Path(str(train_log).replace("asr.train.", "asr.dev_unseen."))
+    unseen_refs = [r["src_text"] for r in read_manifest(ddtp_ci / "dev_unseen.tsv")]
+    unseen_hyps = demo_module().parse_hypotheses(unseen_log.read_text(), len(unseen_refs), unseen_log)
+    assert chosen["dev_unseen_wer"] == round(demo_module().word_error_rate(unseen_hyps, unseen_refs), 2) > 0
+    assert f"; dev_unseen (held-out voices) {chosen['dev_unseen_wer']:.1f} %" in md
 
     # ... and β decayed in the ImitKD run (exponential schedule, 1 → 1/200), with rollouts replacing gold prefixes
     train, dev = demo_module().curves(students / "imitkdt" / "train.log")

@@ -571,8 +571,14 @@ def stage_corpus(args, P, clock) -> Path:
                 if not args.force and any((args.out / d).exists() for d in ("asr", "expert", "students", "eval")):
                     clock.say("   the corpus was (re)built: the models and evaluations after it are redone")
                     args.force = True
-        write_asr_manifests(corpus, args.splits)
+        write_asr_manifests(corpus, (*dev_unseen_split(args, corpus), *args.splits))
         return corpus
+
+
+def dev_unseen_split(args, corpus: Path):
+    """``("dev_unseen",)`` where test_unseen is evaluated and the corpus has it (the ASR model's WER on held-out
+    voices, measured on dev), else ``()``."""
+    return ("dev_unseen",) if "test_unseen" in args.splits and (corpus / "dev_unseen.tsv").is_file() else ()
 
 
 def corpus_counts(P):
@@ -591,10 +597,10 @@ def asr_train_subsets(P, corpus: Path) -> str:
     return f"train_asr,{ASR_EXTRA}"
 
 
-def write_asr_manifests(corpus: Path, test_splits):
+def write_asr_manifests(corpus: Path, eval_splits):
     """``<split>_asr.tsv``: the same utterances with the English transcript as the target (speech →
-    transcript), for the ASR stage and its transcription of train/dev."""
-    for split in ("train", "dev", *test_splits):
+    transcript), for the ASR stage and its transcription of train/dev (``eval_splits``: the others)."""
+    for split in ("train", "dev", *eval_splits):
         out = corpus / f"{split}_asr.tsv"
         src = corpus / f"{split}.tsv"
         if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
@@ -814,7 +820,8 @@ JOINT_WEIGHTS = ["--joint-ctc-weight", "0.5", "--joint-length-bonus", "1.0"]
 
 def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
     """The ASR model transcribes dev in every way (``ASR_DECODINGS``) and, with the decoding of the lowest
-    dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned)."""
+    dev WER, train (→ train_kdt.tsv / dev_kdt.tsv, src_text = ASR) and the test splits (→ WER, returned);
+    also dev_unseen where there is one (its WER goes to decoding.json: held-out voices, measured on dev)."""
     tdir = args.out / "transcripts"
     asr_key = _done_key(asr_ckpt.parent / "done.json")
 
@@ -845,7 +852,8 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
         decoding = min(ASR_DECODINGS, key=lambda d: dev_wer[d])  # a tie keeps beam search
         clock.say(f"   ASR decoding chosen on dev: {decoding} (dev WER "
                   + ", ".join(f"{d} {w:.1f} %" for d, w in dev_wer.items()) + ")")
-        runs = {split: lanes.submit(transcribe(split, decoding)) for split in ("train", *args.splits)}
+        runs = {split: lanes.submit(transcribe(split, decoding))
+                for split in ("train", *dev_unseen_split(args, corpus), *args.splits)}
         logs = {**{split: run.result() for split, run in runs.items()}, "dev": dev_logs[decoding]}
         for split in ("train", "dev"):
             _generated_manifest(corpus / f"{split}.tsv", corpus / f"{split}_kdt.tsv", ["-a", logs[split]], clock)
@@ -856,7 +864,8 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
             (args.out / "eval" / f"asr.{split}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         clock.say("   ASR WER: " + ", ".join(f"{s} {w:.1f} %" for s, w in wer.items()))
         _write_json(tdir / "wer.json", wer)
-        _write_json(tdir / "decoding.json", dict(decoding=decoding, dev_wer=dev_wer))
+        unseen = {"dev_unseen_wer": split_wer("dev_unseen", logs["dev_unseen"])[0]} if "dev_unseen" in logs else {}
+        _write_json(tdir / "decoding.json", dict(decoding=decoding, dev_wer=dev_wer, **unseen))
         return wer
 
 
@@ -1245,7 +1254,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     asr_how = ({"ctc": "CTC best path", "beam": "beam 5",
                 "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
-               + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items()))
+               + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items())
+               + (f"; dev_unseen (held-out voices) {asr_dec['dev_unseen_wer']:.1f} %" if "dev_unseen_wer" in asr_dec else ""))
     extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({split_label(s)})"
              for s in (*splits, FIXED_TEST) if (s, "imit_kd_CE", "word_kd") in pvalues]
     expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \
