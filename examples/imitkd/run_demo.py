@@ -155,7 +155,8 @@ PRESETS = {
     # The ASR stage's cap is 0.25 h (was 0.27): joint decoding's train transcription (~3 min on one core)
     # is paid for from it. The demo still took 66 minutes at 38c8ee8 (RESULTS.md: the schedule, since changed)
     "small": dict(
-        corpus="small", train_voices="seen", spm_vocab_size=1000, methods=BASE_METHODS, expert_text_pairs=ALL_PAIRS,
+        corpus="small", train_voices="seen", spm_vocab_size=1000, methods=BASE_METHODS,
+        expert_text_pairs=ALL_PAIRS,
         expert_layers=2, expert_dim=192, expert_ffn=768, expert_heads=4, expert_dropout=0.0,
         expert_attention_dropout=0.0, expert_max_tokens=2048,
         expert_lr=3e-3, expert_warmup=200, expert_updates=4000, expert_stop_hours=0.25,
@@ -1259,7 +1260,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
                 "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items())
-               + (f"; dev_unseen (held-out voices) {asr_dec['dev_unseen_wer']:.1f} %" if "dev_unseen_wer" in asr_dec else ""))
+               + (f"; dev_unseen (held-out voices) {asr_dec['dev_unseen_wer']:.1f} %"
+                  if "dev_unseen_wer" in asr_dec else ""))
     extra = [f"ImitKD-full vs word-KD: p = {pvalues[(s, 'imit_kd_CE', 'word_kd')]:.3f} ({split_label(s)})"
              for s in (*splits, FIXED_TEST) if (s, "imit_kd_CE", "word_kd") in pvalues]
     expert_pairs = sum(1 for _ in open(args.out / "expert-text" / "train.spm.en", encoding="utf-8")) \

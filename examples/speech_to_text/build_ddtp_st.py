@@ -24,8 +24,8 @@ What it does
    frame sits at the log-mel floor of digital silence), quantised to 16 bit.
    Voices: ``SEEN_VOICES`` (8) for train/dev/test; with ``--train-voices many`` the train splits are
    spoken by 90 voices instead (the 6 seen accents × 15 espeak-ng variants, the 8 seen voices among them;
-   dev/test unchanged). ``UNSEEN_VOICES`` (2, accents and variants not used in training) only for the extra splits ``dev_unseen`` / ``test_unseen``, which hold the *same
-   sentences* as dev/test spoken by a held-out voice (compare dev vs dev_unseen for speaker robustness).
+   dev/test unchanged). ``UNSEEN_VOICES`` (2, accents and variants not used in training) only for the
+   extra splits ``dev_unseen`` / ``test_unseen``, which hold the *same sentences* as dev/test spoken by a held-out voice (compare dev vs dev_unseen for speaker robustness).
    All random choices derive from (seed, utterance id): the build is deterministic given ``--seed``
    (and the Translation files and espeak-ng version, which MANIFEST.json records).
 3. **Features.** 80-dim Kaldi fbank through ``imitkd_data`` (same code as prep_s2t_data.py for MuST-C/CoVoST):

@@ -21,8 +21,8 @@ from ..pool import map_with_progress
 from ..vocab import train_spm, write_fairseq_dict
 from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
-from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version, install_espeak,
-                     plan_utterances, utt_job)
+from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version,
+                     install_espeak, plan_utterances, utt_job)
 from .text import ASR_EXTRA, BASE_SPLITS, SIZES, Pair, select_text
 
 logger = logging.getLogger("build_ddtp_st")
@@ -54,8 +54,8 @@ def build(
     are fetched into ``cache_dir`` (default ``<out_dir>/apt``) once and reused. ``counts`` overrides
     the split sizes of ``size`` (e.g. ``{"train": 50}``; ``{"train_asr_extra": N}`` adds N English-only
     utterances for the ASR stage, ``text.ASR_EXTRA``). ``train_voices`` (``speech.TRAIN_VOICES``: ``seen`` or
-    ``many``) names the voices of the train splits; dev/test keep the seen voices. Re-running with the same arguments only does
-    what is missing; different arguments on an existing build need ``overwrite=True``.
+    ``many``) names the voices of the train splits; dev/test keep the seen voices. Re-running with the same
+    arguments only does what is missing; different arguments on an existing build need ``overwrite=True``.
     """
     started = time.time()
     if size not in SIZES:
@@ -94,8 +94,8 @@ def build(
         outputs += ["spm_joint.model", "dict.txt", "config.yaml"]
         outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
     write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
-                        apt_source=apt_source, espeak_version=version, pools=pools, splits=splits, train_voices=train_voices,
-                        feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
+                        apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
+                        train_voices=train_voices, feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
     logger.info("built %s in %.1f s: %s", out_dir, time.time() - started, {s: v["pairs"] for s, v in splits.items()})
     return out_dir
 
