@@ -95,7 +95,7 @@ def build(
         outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
     write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
                         apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
-                        train_voices=train_voices, feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
+                        feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
     logger.info("built %s in %.1f s: %s", out_dir, time.time() - started, {s: v["pairs"] for s, v in splits.items()})
     return out_dir
 

@@ -90,9 +90,10 @@ def _versions() -> dict:
 
 def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, started: float, inputs: dict,
                         apt_source: Optional[dict], espeak_version: str, pools: Dict[str, int], splits: dict,
-                        train_voices: str, feature_dtype: str, spm: Optional[dict], outputs: List[str]) -> None:
+                        feature_dtype: str, spm: Optional[dict], outputs: List[str]) -> None:
     """Write ``MANIFEST.json`` (atomically): provenance of the build, the sha256 of every file in ``outputs``.
     ``started``: ``time.time()`` at the start of the build; ``splits``: per-split pairs/hours/voices."""
+    train_voices = params.get("train_voices", "seen")  # build_params records it only when not "seen"
     manifest = dict(
         name="DDTP-ST en-de",
         builder="examples/speech_to_text/build_ddtp_st.py",
