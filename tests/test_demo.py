@@ -98,6 +98,30 @@ def test_bad_student_seeds_are_one_line_errors(tmp_path, seeds, message):
     assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [message]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (("--seed-methods", "nll,seqkd", "--student-seeds", "2"),
+     "error: --seed-methods: seqkd not among the students (nll, word_kd, imit_kd_CE, imit_kd, kdt, imitkdt)"),
+    (("--seed-methods", ",", "--student-seeds", "2"), "error: --seed-methods: no students given"),
+    (("--seed-methods", "nll"), "error: --seed-methods: it needs --student-seeds"),
+])
+def test_bad_seed_methods_are_one_line_errors(tmp_path, flags, message):
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", *flags, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [message]
+    assert not (tmp_path / "demo").exists()  # nothing built before the flags are checked
+
+
+def test_seed_methods_limit_only_the_further_seeds(tmp_path):
+    """``--seed-methods`` picks which students ``--student-seeds`` trains again; every student keeps its
+    seed-1 job (the main table's rows)."""
+    demo = demo_module()
+    args = demo.get_parser().parse_args(["--out", str(tmp_path)])
+    args.student_seeds, args.seed_methods = (2,), ("nll", "imit_kd_CE")
+    jobs = demo.training_graph(args, demo.PRESETS["small"], tmp_path / "corpus", demo.Clock())
+    students = [name for name in jobs if name.split(".")[0] in KEYS]
+    assert students == ["imit_kd_CE", "imit_kd", "imitkdt", "word_kd", "kdt", "nll", "imit_kd_CE.seed2", "nll.seed2"]
+
+
 def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
     """The demo forks its decodings from one process that imported torch and fairseq once: the same
     output and exit status as the subprocess it replaces, and ``Children.stop`` can end one."""
@@ -297,9 +321,10 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
                                   if k.startswith(("expert", "asr", "student")))
 
     # further student seeds: the NLL student again with fairseq --seed 2 (the same corpus, ASR model and
-    # expert), scored the same way; results.md adds BLEU per seed, mean and sd; the seed-1 run is reused
+    # expert), scored the same way; results.md adds BLEU per seed, mean and sd; the seed-1 run is reused,
+    # and the main table keeps every student
     seed1_log = (students / "nll" / "train.log").read_text()
-    third = run_demo(*args, "--methods", "nll", "--student-seeds", 2, timeout=600)
+    third = run_demo(*args, "--seed-methods", "nll", "--student-seeds", 2, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:]
     assert (students / "nll" / "train.log").read_text() == seed1_log
     stages = json.loads((out_dir / "timings.json").read_text())["runs"][-1]["stages"]
@@ -307,7 +332,10 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     assert " --seed 2 " in (students / "nll.seed2" / "train.log").read_text()
     assert " --seed 1 " in seed1_log
     md = (out_dir / "results.md").read_text()
-    assert "## Student seeds" in md and "fairseq --seed 2" in md
+    assert "## Student seeds" in md and "* NLL (label-smoothed CE) trained again with fairseq --seed 2 " in md
+    assert table_rows(md.split("## Student seeds")[0]) == rows
+    assert not any(name.startswith("student ") and name.endswith(".seed2") and name != "student nll.seed2"
+                   for name in stages)
     seeds = json.loads((out_dir / "results.json").read_text())["student_seeds"]
     assert set(seeds) == {"nll"}
     for key, rec in seeds.items():

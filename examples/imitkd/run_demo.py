@@ -1030,13 +1030,19 @@ def training_cost(method: Method) -> int:
     return 2 if method.imitation else 0 if method.criterion == "nll" else 1
 
 
+def seeded_methods(args, P) -> tuple:
+    """The students that ``--student-seeds`` trains again: ``--seed-methods`` (checked against the preset's
+    students in ``main``), or every student."""
+    return args.seed_methods or P["methods"]
+
+
 def training_graph(args, P, corpus: Path, clock) -> dict:
     """Every stage after the corpus as ``run_graph`` jobs: the ASR model and the expert; the transcripts
     (ASR only); the SeqKD data (expert only); every student, trained and then evaluated in the same lane
     (a lane never waits for the slowest student before it decodes), as soon as what it reads is there
     (NLL: the ASR model; KD: and the expert; KDT/ImitKDT: and the transcripts), the costliest first
     (``training_cost``); the expert's ceiling;
-    last, every student again with each of ``--student-seeds`` (jobs ``<key>.seed<N>``)."""
+    last, every student of ``--seed-methods`` again with each of ``--student-seeds`` (jobs ``<key>.seed<N>``)."""
     def student(method, r, seed=args.seed):
         expert_ckpt = r.get("expert", args.out / "expert" / "checkpoint_best.pt")  # NLL: not read
         rec = stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock, seed)
@@ -1055,7 +1061,7 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
     for seed in args.student_seeds:
-        for m in by_cost:
+        for m in (m for m in by_cost if m.key in seeded_methods(args, P)):
             jobs[student_key(args, m.key, seed)] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
     return jobs
 
@@ -1070,7 +1076,7 @@ def run_stages(args, P, corpus: Path, clock):
     results = {(key, s): evals[key][s] for key in P["methods"] for s in args.splits}
     results[("expert", "test")] = done["expert ceiling"]
     by_seed = {(key, seed): done[student_key(args, key, seed)][1]
-               for key in P["methods"] for seed in (args.seed, *args.student_seeds)}
+               for key in seeded_methods(args, P) for seed in (args.seed, *args.student_seeds)}
     return students, results, evals, done["transcripts"], by_seed
 
 
@@ -1182,6 +1188,12 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, expert and rollouts in {auto} (`--expert-dtype/--rollout-dtype auto` here)"
 
 
+def seeded_names(args, P) -> str:
+    """Which students the seed table covers, as its note says it: "Every student" or their names."""
+    keys = seeded_methods(args, P)
+    return "Every student" if tuple(keys) == tuple(P["methods"]) else ", ".join(METHODS[k].name for k in keys)
+
+
 def seed_table(args, P, by_seed):
     """Markdown lines and a JSON record: every student's BLEU on each test split under each seed (each
     run scored with the decoding of its own best dev BLEU), on test with ``REFERENCE_DECODING`` (``FIXED_TEST``),
@@ -1197,7 +1209,7 @@ def seed_table(args, P, by_seed):
     record = {}
     score = lambda ev, split: (ev["dev"][ev["chosen"]] if split == "dev"  # noqa: E731
                                else ev["reference:test"] if split == FIXED_TEST else ev[split])["bleu"]
-    for key in P["methods"]:
+    for key in seeded_methods(args, P):
         evs = [by_seed[(key, seed)] for seed in seeds]
         cells, rec = [], dict(seeds=list(seeds))
         for split in (*columns, "dev"):
@@ -1299,7 +1311,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     if args.student_seeds:
         table, seeds_json = seed_table(args, P, by_seed)
         seeds_md = ["## Student seeds", "", *table, "",
-                    f"* Every student trained again with fairseq --seed {', '.join(map(str, args.student_seeds))} "
+                    f"* {seeded_names(args, P)} trained again with fairseq --seed {', '.join(map(str, args.student_seeds))} "
                     "(the decoder's initialisation, dropout and batch order; the same corpus, ASR model and expert) "
                     "and scored like the table above: each run with the decoding of its best dev BLEU, and on test "
                     f"also with {REFERENCE_DECODING} (no decoding chosen on dev). sd: sample "
@@ -1392,6 +1404,9 @@ def get_parser():
                    help="comma-separated further seeds: every student is trained and scored again with each "
                         "(same corpus, ASR model and expert); results.md adds their mean and sd (default: none)")
     p.add_argument("--methods", help=f"comma-separated students (default: the preset's; from {', '.join(METHODS)})")
+    p.add_argument("--seed-methods",
+                   help="comma-separated students that --student-seeds trains again (default: every student); "
+                        "the main table keeps every student")
     for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold", "asr-extra"):
         p.add_argument(f"--{flag}", type=int, help=f"override the preset's {flag.replace('-', '_')}")
     p.add_argument("--specaugment", action="store_true", help="train the speech models with the corpus' SpecAugment")
@@ -1423,6 +1438,15 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})", file=sys.stderr)
         return 2
+    if args.seed_methods is not None:
+        chosen = {m.strip() for m in args.seed_methods.split(",") if m.strip()}
+        stray = [m for m in sorted(chosen) if m not in P["methods"]]
+        if stray or not chosen or not args.student_seeds.strip():
+            why = (f"{', '.join(stray)} not among the students ({', '.join(P['methods'])})" if stray
+                   else "no students given" if not chosen else "it needs --student-seeds")
+            print(f"error: --seed-methods: {why}", file=sys.stderr)
+            return 2
+        args.seed_methods = tuple(k for k in P["methods"] if k in chosen)
     args.decodings = tuple(d.strip() for d in args.decodings.split(",") if d.strip())
     bad = [d for d in args.decodings if d not in DECODINGS]
     if bad or not args.decodings:
