@@ -39,8 +39,8 @@ cores, without a GPU or any download but Debian's package index:
    resamples) of every method against NLL and of ImitKD-full against word-KD, under the chosen decodings
    and, on test, with every student under beam 5 (a comparison without any choice made on dev);
 7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss and
-   dev-BLEU curves of every student, BLEU bars). With ``--student-seeds 2,3`` every student is also
-   trained and scored with those seeds (after all the others), and ``results.md`` adds each method's
+   dev-BLEU curves of every student, BLEU bars). With ``--student-seeds 2,3`` every student (or those of
+   ``--seed-methods``) is also trained and scored with those seeds (after all the others), and ``results.md`` adds each method's
    BLEU per seed, mean and standard deviation: the training run's noise beside the p-values' test-set noise.
 
 Every setting was chosen on dev (never on test); ``results.md`` names the commit and the machine.
@@ -1195,9 +1195,9 @@ def seeded_names(args, P) -> str:
 
 
 def seed_table(args, P, by_seed):
-    """Markdown lines and a JSON record: every student's BLEU on each test split under each seed (each
-    run scored with the decoding of its own best dev BLEU), on test with ``REFERENCE_DECODING`` (``FIXED_TEST``),
-    their mean and sample standard deviation."""
+    """Markdown lines and a JSON record: the BLEU of every student of ``seeded_methods`` on each test split
+    under each seed (each run scored with the decoding of its own best dev BLEU), on test with
+    ``REFERENCE_DECODING`` (``FIXED_TEST``), their mean and sample standard deviation."""
     import statistics
 
     seeds = (args.seed, *args.student_seeds)
@@ -1311,7 +1311,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     if args.student_seeds:
         table, seeds_json = seed_table(args, P, by_seed)
         seeds_md = ["## Student seeds", "", *table, "",
-                    f"* {seeded_names(args, P)} trained again with fairseq --seed {', '.join(map(str, args.student_seeds))} "
+                    f"* {seeded_names(args, P)} trained again with fairseq "
+                    f"--seed {', '.join(map(str, args.student_seeds))} "
                     "(the decoder's initialisation, dropout and batch order; the same corpus, ASR model and expert) "
                     "and scored like the table above: each run with the decoding of its best dev BLEU, and on test "
                     f"also with {REFERENCE_DECODING} (no decoding chosen on dev). sd: sample "
@@ -1401,7 +1402,8 @@ def get_parser():
     p.add_argument("--corpus", type=Path, help="use this built DDTP-ST corpus (with --spm-vocab-size) instead of <out>/corpus")
     p.add_argument("--seed", type=int, default=1, help="seed of the corpus and of every training run (default 1)")
     p.add_argument("--student-seeds", default="",
-                   help="comma-separated further seeds: every student is trained and scored again with each "
+                   help="comma-separated further seeds: every student (or those of --seed-methods) is trained and "
+                        "scored again with each "
                         "(same corpus, ASR model and expert); results.md adds their mean and sd (default: none)")
     p.add_argument("--methods", help=f"comma-separated students (default: the preset's; from {', '.join(METHODS)})")
     p.add_argument("--seed-methods",
