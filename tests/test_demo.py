@@ -319,6 +319,11 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     runs = json.loads((out_dir / "timings.json").read_text())["runs"]
     assert len(runs) == 2 and all(v["status"].startswith("skipped") for k, v in runs[1]["stages"].items()
                                   if k.startswith(("expert", "asr", "student")))
+    # the resumed report names the invocation that trained its table: its start, commit and wall time
+    assert runs[0]["commit"] == runs[1]["commit"] != ""
+    run_note = next(line for line in (out_dir / "results.md").read_text().splitlines() if line.startswith("* Run:"))
+    assert (f"earlier invocations in this output directory (where the stages it skipped ran): {runs[0]['started']} "
+            f"(commit {runs[0]['commit']}, {demo_module().fmt_time(runs[0]['total_seconds'])} wall).") in run_note
 
     # further student seeds: the NLL student again with fairseq --seed 2 (the same corpus, ASR model and
     # expert), scored the same way; results.md adds BLEU per seed, mean and sd; the seed-1 run is reused,

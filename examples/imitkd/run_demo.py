@@ -1223,10 +1223,22 @@ def seed_table(args, P, by_seed):
     return lines, record
 
 
+def earlier_invocations(out: Path) -> str:
+    """The invocations before this one that worked in ``out`` (timings.json), as the report's Run note names
+    them: "<started> (commit <c>, <wall> wall)"; a resumed demo's table may come from them. "" if none."""
+    try:
+        runs = json.loads((out / "timings.json").read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return "; ".join(f"{r['started']} (" + (f"commit {r['commit']}, " if r.get("commit") else "")
+                     + f"{fmt_time(r['total_seconds'])} wall)" for r in runs)
+
+
 def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds, by_seed=None):
     n_train = len(read_manifest(corpus / "train.tsv"))
     n_test = len(read_manifest(corpus / "test.tsv"))
     n_extra = len(read_manifest(corpus / f"{ASR_EXTRA}.tsv")) if P["asr_extra"] else 0
+    earlier = earlier_invocations(args.out)
     splits = args.splits
     head = ["method"] + [f"{m} {s}" for s in splits for m in ("BLEU", "chrF")]
     head += [f"p vs NLL ({s})" for s in splits]
@@ -1305,7 +1317,9 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct: how many "
         "different test translations a system produced.",
         f"Run: commit {_commit()}, {_machine()}, {args.lanes} training runs at a time with {args.threads} thread(s) "
-        f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json).",
+        f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json)"
+        + (f"; earlier invocations in this output directory (where the stages it skipped ran): {earlier}."
+           if earlier else "."),
     ]
     seeds_md, seeds_json = [], None
     if args.student_seeds:
@@ -1504,7 +1518,7 @@ def main(argv=None) -> int:
         runs = json.loads((args.out / "timings.json").read_text()).get("runs", [])
     except (OSError, ValueError, AttributeError):
         pass
-    runs.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.t0)),
+    runs.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.t0)), commit=_commit(),
                      argv=sys.argv[1:] if argv is None else list(map(str, argv)), total_seconds=round(total, 1),
                      stages=clock.stages))
     _write_json(args.out / "timings.json", dict(runs=runs))
