@@ -40,8 +40,9 @@ cores, without a GPU or any download but Debian's package index:
    and, on test, with every student under beam 5 (a comparison without any choice made on dev);
 7. **report**: ``<out>/results.md`` (printed), ``results.json`` and ``demo.png`` (β, dev-loss and
    dev-BLEU curves of every student, BLEU bars). With ``--student-seeds 2,3`` every student (or those of
-   ``--seed-methods``) is also trained and scored with those seeds (after all the others), and ``results.md`` adds each method's
-   BLEU per seed, mean and standard deviation: the training run's noise beside the p-values' test-set noise.
+   ``--seed-methods``) is also trained and scored with those seeds (after all the others), and
+   ``results.md`` adds each method's BLEU per seed, mean and standard deviation: the training run's
+   noise beside the p-values' test-set noise.
 
 Every setting was chosen on dev (never on test); ``results.md`` names the commit and the machine.
 Every stage is skipped when its output exists with the same settings, so an interrupted demo
@@ -1231,7 +1232,8 @@ def earlier_invocations(out: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     return "; ".join(f"{r['started']} (" + (f"commit {r['commit']}, " if r.get("commit") else "")
-                     + f"{fmt_time(r['total_seconds'])} wall)" for r in runs)
+                     + f"{fmt_time(r['total_seconds'])} wall)"
+                     for r in runs if isinstance(r, dict) and {"started", "total_seconds"} <= r.keys())
 
 
 def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds, by_seed=None):
