@@ -1031,6 +1031,11 @@ def training_cost(method: Method) -> int:
     return 2 if method.imitation else 0 if method.criterion == "nll" else 1
 
 
+def comma_list(text: str) -> tuple:
+    """A comma-separated flag's items, stripped, empty ones dropped: "a, b," -> ("a", "b")."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def seeded_methods(args, P) -> tuple:
     """The students that ``--student-seeds`` trains again: ``--seed-methods`` (checked against the preset's
     students in ``main``), or every student."""
@@ -1163,6 +1168,7 @@ def distinct_outputs(args, system: str, split: str = "test") -> int:
     return len(set((args.out / "eval" / f"{system}.{split}.hyp").read_text(encoding="utf-8").splitlines()))
 
 
+@functools.lru_cache(maxsize=None)
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
@@ -1224,16 +1230,20 @@ def seed_table(args, P, by_seed):
     return lines, record
 
 
+def timing_records(out: Path) -> list:
+    """The records of the invocations before this one in ``out/timings.json`` ([] if none or unreadable)."""
+    try:
+        return list(json.loads((out / "timings.json").read_text()).get("runs", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
 def earlier_invocations(out: Path) -> str:
     """The invocations before this one that worked in ``out`` (timings.json), as the report's Run note names
     them: "<started> (commit <c>, <wall> wall)"; a resumed demo's table may come from them. "" if none."""
-    try:
-        runs = json.loads((out / "timings.json").read_text()).get("runs", [])
-    except (OSError, ValueError, AttributeError):
-        return ""
     return "; ".join(f"{r['started']} (" + (f"commit {r['commit']}, " if r.get("commit") else "")
                      + f"{fmt_time(r['total_seconds'])} wall)"
-                     for r in runs if isinstance(r, dict) and {"started", "total_seconds"} <= r.keys())
+                     for r in timing_records(out) if isinstance(r, dict) and {"started", "total_seconds"} <= r.keys())
 
 
 def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_seconds, by_seed=None):
@@ -1451,13 +1461,13 @@ def main(argv=None) -> int:
         if getattr(args, k) is not None:
             P[k] = getattr(args, k)
     if args.methods:
-        P["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        P["methods"] = comma_list(args.methods)
     unknown = [m for m in P["methods"] if m not in METHODS]
     if unknown:
         print(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})", file=sys.stderr)
         return 2
     if args.seed_methods is not None:
-        chosen = {m.strip() for m in args.seed_methods.split(",") if m.strip()}
+        chosen = set(comma_list(args.seed_methods))
         stray = [m for m in sorted(chosen) if m not in P["methods"]]
         if stray or not chosen or not args.student_seeds.strip():
             why = (f"{', '.join(stray)} not among the students ({', '.join(P['methods'])})" if stray
@@ -1465,7 +1475,7 @@ def main(argv=None) -> int:
             print(f"error: --seed-methods: {why}", file=sys.stderr)
             return 2
         args.seed_methods = tuple(k for k in P["methods"] if k in chosen)
-    args.decodings = tuple(d.strip() for d in args.decodings.split(",") if d.strip())
+    args.decodings = comma_list(args.decodings)
     bad = [d for d in args.decodings if d not in DECODINGS]
     if bad or not args.decodings:
         print(f"error: --decodings: unknown {', '.join(bad) or '(none given)'} (choose from {', '.join(DECODINGS)})",
@@ -1475,7 +1485,7 @@ def main(argv=None) -> int:
         print("error: --expert-updates, --asr-updates, --student-updates and --lanes must be >= 1", file=sys.stderr)
         return 2
     try:
-        args.student_seeds = tuple(int(x) for x in args.student_seeds.split(",") if x.strip())
+        args.student_seeds = tuple(map(int, comma_list(args.student_seeds)))
     except ValueError:
         print(f"error: --student-seeds: comma-separated integers expected, got {args.student_seeds!r}", file=sys.stderr)
         return 2
@@ -1515,11 +1525,8 @@ def main(argv=None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     total = time.time() - clock.t0
-    runs = []
-    try:  # one record per invocation: a resumed demo keeps the times of the stages it skipped
-        runs = json.loads((args.out / "timings.json").read_text()).get("runs", [])
-    except (OSError, ValueError, AttributeError):
-        pass
+    # one record per invocation: a resumed demo keeps the times of the stages it skipped
+    runs = timing_records(args.out)
     runs.append(dict(started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clock.t0)), commit=_commit(),
                      argv=sys.argv[1:] if argv is None else list(map(str, argv)), total_seconds=round(total, 1),
                      stages=clock.stages))
