@@ -42,3 +42,8 @@ def validate():
 def preprocess():
     from fairseq_cli.preprocess import cli_main
     _run(cli_main)
+
+
+def average_checkpoints():
+    from .averaging import main
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Checkpoint averaging (imitkd/averaging.py): the mean against a hand computation, the order of a
+save directory's interval checkpoints, and one-line errors for checkpoints that cannot be averaged."""
+import pytest
+import torch
+
+from imitkd import averaging
+from imitkd.errors import ImitKDError
+
+
+def _save(path, weight, steps=0, dtype=torch.float32):
+    torch.save({"model": {"w": torch.tensor(weight, dtype=dtype), "steps": torch.tensor(steps)},
+                "last_optimizer_state": {"state": {}}, "extra_state": {"n": steps}}, path)
+    return path
+
+
+def test_mean_of_three_checkpoints(tmp_path):
+    paths = [_save(tmp_path / f"checkpoint_1_{u}.pt", [float(u), 1.0], steps=u) for u in (100, 200, 600)]
+    avg = averaging.average_checkpoints(paths)
+    assert torch.allclose(avg["model"]["w"], torch.tensor([300.0, 1.0]))
+    assert avg["model"]["steps"].item() == 600  # integer buffer: the newest checkpoint's
+    assert avg["extra_state"] == {"n": 600} and "last_optimizer_state" not in avg
+
+
+def test_mean_keeps_dtype_and_is_computed_in_fp32(tmp_path):
+    # bf16 cannot hold 256 + 1: summing in bf16 would give (256 + 256 + 256) / 3 = 256, not 256.33
+    paths = [_save(tmp_path / f"c{i}.pt", [w], dtype=torch.bfloat16) for i, w in enumerate((256.0, 257.0, 256.0))]
+    w = averaging.average_checkpoints(paths)["model"]["w"]
+    assert w.dtype == torch.bfloat16
+    assert w.item() == torch.tensor(256.0 + 1 / 3).to(torch.bfloat16).item()
+
+
+def test_interval_checkpoints_sorted_by_update(tmp_path):
+    for name in ("checkpoint_9_1800.pt", "checkpoint_10_2000.pt", "checkpoint_2_200.pt", "checkpoint_best.pt",
+                 "checkpoint_last.pt", "checkpoint_11_2200.pt.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    names = [p.name for p in averaging.interval_checkpoints(tmp_path, 2)]
+    assert names == ["checkpoint_9_1800.pt", "checkpoint_10_2000.pt"]
+    assert len(averaging.interval_checkpoints(tmp_path, 5)) == 3
+
+
+def test_different_models_name_the_file(tmp_path):
+    a = _save(tmp_path / "a.pt", [1.0, 2.0])
+    b = _save(tmp_path / "b.pt", [1.0, 2.0, 3.0])
+    with pytest.raises(ImitKDError, match=r"b\.pt: w has shape \(3,\)"):
+        averaging.average_checkpoints([a, b])
+
+
+def test_cli_averages_the_last_n_and_reports_too_few(tmp_path, capsys):
+    for u in (200, 400, 600):
+        _save(tmp_path / f"checkpoint_1_{u}.pt", [float(u)], steps=u)
+    out = tmp_path / "avg.pt"
+    assert averaging.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "2", "--output", str(out)]) == 0
+    assert torch.load(out)["model"]["w"].item() == 500.0
+    assert averaging.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "4", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "3 interval checkpoints" in err
