@@ -142,7 +142,8 @@ PRESETS = {
         asr_extra=30, asr_lr_schedule="linear",
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
         encoder_freezing=10, student_select="bleu",
-        beta_hold=0, transcribe_beam=1, joint_beam=2, log_interval=10, validate_every=50,
+        beta_hold=0, transcribe_beam=1, joint_beam=2, joint_ctc_weight=0.5, joint_length_bonus=1.0, log_interval=10,
+        validate_every=50,
     ),
     # chosen on dev (examples/imitkd/RESULTS.md): the ASR model and the expert train side by side for at most their
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates; β is
@@ -166,7 +167,8 @@ PRESETS = {
         asr_extra=0, asr_lr_schedule="inverse_sqrt",
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200, student_select="bleu",
-        beta_hold=500, transcribe_beam=4, joint_beam=4, log_interval=50, validate_every=200,
+        beta_hold=500, transcribe_beam=4, joint_beam=4, joint_ctc_weight=0.5, joint_length_bonus=1.0,
+        log_interval=50, validate_every=200,
     ),
 }
 # the small corpus and models with about three times the compute (no time caps, so the result does not depend
@@ -193,7 +195,8 @@ PRESETS = {
 PRESETS["medium"] = dict(
     PRESETS["small"], train_voices="many", methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=10800, asr_stop_hours=0, asr_extra=16000,
-    student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=8, log_interval=50, validate_every=200,
+    student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=32, joint_ctc_weight=0.3,
+    joint_length_bonus=1.5, log_interval=50, validate_every=200,
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
           "--required-batch-size-multiple", "1"]
@@ -818,12 +821,19 @@ def word_error_rate(hyps, refs) -> float:
 
 #: how the ASR model transcribes: attention beam search (imitkd-generate), its CTC head's best path
 #: (ctc_transcribe.py) or both jointly (ctc_transcribe.py --joint-beam: the attention n-best and the best
-#: path rescored by 0.5·log p_CTC + 0.5·log p_att + 1.0·tokens); the one with the lowest dev WER transcribes
-#: train and the test splits. Joint decoding's weights were chosen on dev (medium's ASR model at e20bd7e:
-#: 28.1 % dev WER against 45.8 % best path and 53.0 % beam search; small's at fba3a31: 59.6 % against
-#: 62.3 % and 74.8 %; RESULTS.md); its beam is the preset's joint_beam (medium dev WER 30.5 % at 4, 28.1 % at 8)
+#: path rescored by λ·log p_CTC + (1−λ)·log p_att + b·tokens); the one with the lowest dev WER transcribes
+#: train and the test splits. Joint decoding's beam, λ and b are the preset's joint_beam, joint_ctc_weight and
+#: joint_length_bonus, chosen on dev: 0.5 and 1.0 with medium's ASR model at e20bd7e (28.1 % dev WER against
+#: 45.8 % best path and 53.0 % beam search; beam 4: 30.5 %, 8: 28.1 %) and small's at fba3a31 (59.6 % against
+#: 62.3 % and 74.8 %); medium's at fdb378b: beam 32, λ 0.3, b 1.5 (dev WER 21.3 % against 25.0 % with beam 8,
+#: 0.5, 1.0; grid of beam 8/16/32, λ 0.2–0.7, b 0.5–2.0 in RESULTS.md)
 ASR_DECODINGS = ("beam", "ctc", "joint")
-JOINT_WEIGHTS = ["--joint-ctc-weight", "0.5", "--joint-length-bonus", "1.0"]
+
+
+def joint_flags(P) -> list:
+    """ctc_transcribe.py's joint decoding flags of a preset."""
+    return ["--joint-beam", str(P["joint_beam"]), "--joint-ctc-weight", str(P["joint_ctc_weight"]),
+            "--joint-length-bonus", str(P["joint_length_bonus"])]
 
 
 def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
@@ -838,7 +848,7 @@ def stage_transcripts(args, P, corpus: Path, asr_ckpt: Path, clock) -> dict:
             cmd = [sys.executable, CTC_SCRIPT, corpus, "--config-yaml", model_config(args, corpus), "--gen-subset",
                    f"{split}_asr", "--path", asr_ckpt, "--cpu"]
             if decoding == "joint":
-                cmd += ["--joint-beam", str(P["joint_beam"]), *JOINT_WEIGHTS]
+                cmd += joint_flags(P)
             log = tdir / f"asr.{split}.{decoding}.log"
         else:
             cmd = [_exe("imitkd-generate"), corpus, "--task", "speech_to_text_kd", "--config-yaml",
@@ -1295,7 +1305,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
     asr_dec = json.loads((args.out / "transcripts" / "decoding.json").read_text())
     asr_how = ({"ctc": "CTC best path", "beam": "beam 5",
-                "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}"}[asr_dec["decoding"]]
+                "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}, "
+                                 f"λ = {P['joint_ctc_weight']}, length bonus {P['joint_length_bonus']}"}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items())
                + (f"; dev_unseen (held-out voices) {asr_dec['dev_unseen_wer']:.1f} %"
