@@ -1513,6 +1513,7 @@ def main(argv=None) -> int:
     if args.corpus and not args.no_unseen and not (Path(args.corpus) / "test_unseen.tsv").is_file():
         args.splits = ("test",)
     clock = Clock()
+    _commit()  # the code this invocation runs: queried now, so an edit while it trains does not enter its record
     clock.say(f"ImitKD demo: size {args.size}, output {args.out}, {args.lanes} lanes × {args.threads} thread(s)")
     previous = install_signal_handlers()
     try:
