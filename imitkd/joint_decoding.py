@@ -40,22 +40,32 @@ def joint_decode(model, task, generator, sample: Dict, ctc_weight: float, length
     """The jointly best transcript of every row of ``sample`` (batch order): ``(labels without eos,
     joint score in nats)`` pairs. ``generator``: fairseq's ``SequenceGenerator`` for ``model`` (its
     ``beam``/``nbest`` give the candidates); ``specials``: labels dropped from the best path. The encoder
-    runs once more than the beam search's own pass (fairseq's generator does not return its output)."""
+    runs once more than the beam search's own pass (fairseq's generator does not return its output).
+    A beam hypothesis's log p_att is the sum of its ``positional_scores`` (the beam search's own
+    per-token log-probs, eos included: the same number as teacher forcing, tested); only a best path that
+    is not in the n-best is teacher-forced (``attention_log_likelihood``), which at beam 32 halves the time."""
     net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
     hypos = task.inference_step(generator, [model], sample)
     encoder_out = model.encoder(**net_input)
     lprobs, lengths = model.get_ctc_output([None, {"encoder_out": encoder_out}], None)  # T×B×V, B
     best_path, _ = ctc_greedy(lprobs, lengths, blank=0)
-    candidates, rows = [], []
+    candidates, rows, att = [], [], []  # att: each candidate's log p_att, None where it is to be computed
     for b, nbest in enumerate(hypos):
         mine = [[t for t in h["tokens"].tolist() if t != eos] for h in nbest]
+        att += [float(h["positional_scores"].sum()) for h in nbest]
         path = [t for t in best_path[b] if t not in specials]
         if path and path not in mine:
             mine.append(path)
+            att.append(None)
         candidates += mine
         rows += [b] * len(mine)
     order = torch.tensor(rows, dtype=torch.long, device=lprobs.device)
-    att = attention_log_likelihood(model, encoder_out, order, candidates, pad, eos)
+    forced = [i for i, a in enumerate(att) if a is None]
+    if forced:
+        paths = attention_log_likelihood(model, encoder_out, order[forced], [candidates[i] for i in forced], pad, eos)
+        for i, a in zip(forced, paths.tolist()):
+            att[i] = a
+    att = torch.tensor(att, dtype=torch.float32, device=lprobs.device)
     size = torch.tensor([len(y) for y in candidates], dtype=torch.float32, device=att.device)
     score = (1.0 - ctc_weight) * att + length_bonus * size
     if ctc_weight:  # with λ = 0 no CTC term (0·(−inf) would be nan for a CTC-infeasible candidate)

@@ -107,9 +107,10 @@ def test_ctc_log_likelihood_sums_every_alignment_and_rules_out_what_none_gives()
 
 
 def test_joint_decoding_keeps_the_best_joint_score_among_the_nbest_and_the_best_path(toy, joint):
-    """``joint_decode`` on a batch: its teacher-forced attention scores equal fairseq's beam-search scores of
-    the same hypotheses, and each row's pick has the highest λ·CTC + (1−λ)·attention + b·length among the
-    beam's hypotheses and the CTC best path, recomputed here one row at a time."""
+    """``joint_decode`` on a batch: teacher-forced attention scores equal fairseq's beam-search scores of
+    the same hypotheses (so joint_decode takes the beam's own and teacher-forces only the best path), and
+    each row's pick has the highest λ·CTC + (1−λ)·attention + b·length among the beam's hypotheses and the
+    CTC best path, recomputed here one row at a time by teacher forcing."""
     from fairseq.dataclass.configs import GenerationConfig
     from omegaconf import OmegaConf
 
@@ -131,12 +132,14 @@ def test_joint_decoding_keeps_the_best_joint_score_among_the_nbest_and_the_best_
         att = attention_log_likelihood(model, enc, order, [y for row in beams for y in row], d.pad(), d.eos())
         fairseq_scores = torch.tensor([float(h["positional_scores"].sum()) for row in hypos for h in row])
         torch.testing.assert_close(att, fairseq_scores, rtol=1e-4, atol=1e-4)
+        extra_paths = 0
         for lam, bonus in ((0.0, 0.0), (0.5, 1.0), (1.0, 0.0)):
             picks = joint_decode(model, task, generator, sample, lam, bonus, {d.pad(), d.eos()}, d.pad(), d.eos())
             assert len(picks) == len(beams)
             for b, (labels, score) in enumerate(picks):
                 path = [t for t in paths[b] if t not in (d.pad(), d.eos())]  # an untrained head emits them too
                 cands = beams[b] + ([path] if path and path not in beams[b] else [])
+                extra_paths += len(cands) - len(beams[b])
                 assert labels in cands
                 one = torch.tensor([b] * len(cands))
                 a = attention_log_likelihood(model, enc, one, cands, d.pad(), d.eos())
@@ -145,6 +148,7 @@ def test_joint_decoding_keeps_the_best_joint_score_among_the_nbest_and_the_best_
                                 for y, ai, ci in zip(cands, a.tolist(), c.tolist())]
                 assert score == pytest.approx(max(joint_scores), abs=1e-3)
                 assert score == pytest.approx(joint_scores[cands.index(labels)], abs=1e-3)
+        assert extra_paths > 0  # some best path is not in its row's n-best: the teacher-forced branch ran
 
 
 def test_word_kd_with_ctc_adds_the_transcript_term(toy):
