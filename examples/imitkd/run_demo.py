@@ -167,7 +167,7 @@ PRESETS = {
         asr_extra=0, asr_lr_schedule="inverse_sqrt",
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200, student_select="bleu",
-        beta_hold=500, transcribe_beam=4, joint_beam=4, joint_ctc_weight=0.5, joint_length_bonus=1.0,
+        beta_hold=500, transcribe_beam=4, joint_beam=32, joint_ctc_weight=0.5, joint_length_bonus=1.5,
         log_interval=50, validate_every=200,
     ),
 }
@@ -826,7 +826,8 @@ def word_error_rate(hyps, refs) -> float:
 #: joint_length_bonus, chosen on dev: 0.5 and 1.0 with medium's ASR model at e20bd7e (28.1 % dev WER against
 #: 45.8 % best path and 53.0 % beam search; beam 4: 30.5 %, 8: 28.1 %) and small's at fba3a31 (59.6 % against
 #: 62.3 % and 74.8 %); medium's at fdb378b: beam 32, λ 0.3, b 1.5 (dev WER 21.3 % against 25.0 % with beam 8,
-#: 0.5, 1.0; grid of beam 8/16/32, λ 0.2–0.7, b 0.5–2.0 in RESULTS.md)
+#: 0.5, 1.0; grid of beam 8/16/32, λ 0.2–0.7, b 0.5–2.0 in RESULTS.md); small's at 152e8e7: beam 32, λ 0.5, b 1.5
+#: (dev WER 49.4 % against 54.0 % with beam 4, 0.5, 1.0; RESULTS.md, small section)
 ASR_DECODINGS = ("beam", "ctc", "joint")
 
 
