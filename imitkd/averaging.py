@@ -85,8 +85,10 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
         if args.num_update_checkpoints:
-            if len(args.inputs) != 1 or not args.inputs[0].is_dir():
+            if len(args.inputs) != 1:
                 raise ImitKDError("--num-update-checkpoints needs exactly one save directory as --inputs")
+            if not args.inputs[0].is_dir():
+                raise ImitKDError(f"{args.inputs[0]}: no such save directory (--inputs with --num-update-checkpoints)")
             paths = interval_checkpoints(args.inputs[0], args.num_update_checkpoints)
             if len(paths) < args.num_update_checkpoints:
                 raise ImitKDError(f"{args.inputs[0]}: {len(paths)} interval checkpoints, "

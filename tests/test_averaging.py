@@ -54,3 +54,5 @@ def test_cli_averages_the_last_n_and_reports_too_few(tmp_path, capsys):
     assert averaging.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "4", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "3 interval checkpoints" in err
+    assert averaging.main(["--inputs", str(tmp_path / "nope"), "--num-update-checkpoints", "2", "--output", str(out)]) == 2
+    assert "nope: no such save directory" in capsys.readouterr().err

@@ -1305,9 +1305,9 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
     asr_done = json.loads((args.out / "asr" / "done.json").read_text())
     expert_done = json.loads((args.out / "expert" / "done.json").read_text())
     asr_dec = json.loads((args.out / "transcripts" / "decoding.json").read_text())
-    asr_how = ({"ctc": "CTC best path", "beam": "beam 5",
-                "joint": f"joint CTC/attention rescoring of a beam of {P['joint_beam']}, "
-                                 f"λ = {P['joint_ctc_weight']}, length bonus {P['joint_length_bonus']}"}[asr_dec["decoding"]]
+    joint = (f"joint CTC/attention rescoring of a beam of {P['joint_beam']}, λ = {P['joint_ctc_weight']}, "
+             f"length bonus {P['joint_length_bonus']}")
+    asr_how = ({"ctc": "CTC best path", "beam": "beam 5", "joint": joint}[asr_dec["decoding"]]
                + ", chosen on dev: dev WER "
                + " vs ".join(f"{w:.1f} % ({d})" for d, w in asr_dec["dev_wer"].items())
                + (f"; dev_unseen (held-out voices) {asr_dec['dev_unseen_wer']:.1f} %"
