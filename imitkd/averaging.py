@@ -5,25 +5,28 @@ does it is not part of the fairseq wheel. :func:`average_checkpoints` reads the 
 safe loader (``imitkd.checkpoints``) and returns the newest one with its ``model`` replaced by the mean
 (computed in float32, stored in each tensor's own dtype; integer buffers are the newest checkpoint's) and
 without its optimizer state, which an average has no use for. :func:`interval_checkpoints` lists a save
-directory's ``checkpoint_<epoch>_<update>.pt`` files (``--save-interval-updates``) by update.
+directory's ``checkpoint_<epoch>_<update>.pt`` files (``--save-interval-updates``) by update, with the
+helper and pattern fairseq's trainer uses to prune them (``--keep-interval-updates``).
 """
-import re
 import sys
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
+from fairseq.checkpoint_utils import checkpoint_paths
+
+from imitkd_data.atomic import atomic_write
 
 from . import checkpoints
 from .errors import ImitKDError
 
-_INTERVAL = re.compile(r"checkpoint_\d+_(\d+)\.pt$")
+_INTERVAL = r"checkpoint_\d+_(\d+)\.pt"  #: fairseq's interval-checkpoint names (group: the update)
 
 
 def interval_checkpoints(save_dir: Path, last: int) -> List[Path]:
     """The ``last`` newest interval checkpoints of ``save_dir``, oldest first (fewer if it has fewer)."""
-    found = sorted((int(m.group(1)), p) for p in Path(save_dir).iterdir() if (m := _INTERVAL.search(p.name)))
-    return [p for _, p in found[-last:]] if last > 0 else []
+    newest_first = checkpoint_paths(str(save_dir), pattern=_INTERVAL)
+    return [Path(p) for p in reversed(newest_first[:last])] if last > 0 else []
 
 
 def average_checkpoints(paths: Sequence[Path]) -> dict:
@@ -60,11 +63,10 @@ def average_checkpoints(paths: Sequence[Path]) -> dict:
 
 def save_average(paths: Sequence[Path], output: Path) -> Path:
     """:func:`average_checkpoints` written to ``output`` (atomically: a partial file never has its name)."""
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    torch.save(average_checkpoints(paths), tmp)
-    tmp.replace(output)
-    return output
+    state = average_checkpoints(paths)
+    with atomic_write(output, binary=True) as f:
+        torch.save(state, f)
+    return Path(output)
 
 
 def get_parser():

@@ -1077,8 +1077,9 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
         deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
+    seeded = [m for m in by_cost if m.key in seeded_methods(args, P)]
     for seed in args.student_seeds:
-        for m in (m for m in by_cost if m.key in seeded_methods(args, P)):
+        for m in seeded:
             jobs[student_key(args, m.key, seed)] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
     return jobs
 
