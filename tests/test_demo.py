@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from ddtp_fixture import build_ci_corpus
 from imitkd_data.manifest import read_manifest
@@ -223,6 +224,20 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
     lrs = [float(x) for x in re.findall(r'"lr": "?([0-9.e-]+)', asr_log)]
     assert len(lrs) >= 3 and max(lrs) > 1e-3 and lrs[-1] < 0.05 * max(lrs)
     assert f"and {n_extra} English-only ones (train_asr_extra.tsv)" in md
+    # the students' encoder and the transcripts come from the mean of the ASR run's last interval checkpoints
+    # (the ci preset's asr_average: 2 of them), named in its done-record and in the table's notes
+    averaged = json.loads((out_dir / "asr" / "done.json").read_text())["averaged"]
+    assert len(averaged) == demo_module().PRESETS["ci"]["asr_average"] == 2
+    assert re.fullmatch(r"checkpoint_\d+_15\.pt", averaged[0]) and re.fullmatch(r"checkpoint_\d+_20\.pt", averaged[1])
+    assert f"the mean of its checkpoints {', '.join(averaged)}." in md
+    states = [torch.load(out_dir / "asr" / name, map_location="cpu", weights_only=False)["model"]
+              for name in (*averaged, "checkpoint_avg.pt")]
+    name = "encoder.transformer_layers.0.fc1.weight"
+    assert not torch.equal(states[0][name], states[1][name])
+    assert torch.allclose(states[2][name], (states[0][name] + states[1][name]) / 2, atol=1e-6)
+    for key in KEYS:
+        assert f"--load-pretrained-encoder-from {out_dir / 'asr' / 'checkpoint_avg.pt'} " in (students / key / "train.log").read_text()
+    assert f"--path {out_dir / 'asr' / 'checkpoint_avg.pt'} " in (out_dir / "transcripts" / "asr.dev.ctc.log").read_text()
     gold = [r["src_text"] for r in read_manifest(ddtp_ci / "train.tsv")]
     asr = [r["src_text"] for r in read_manifest(ddtp_ci / "train_kdt.tsv")]
     assert len(asr) == len(gold) and asr != gold  # the ASR model's transcripts, row by row

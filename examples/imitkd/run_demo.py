@@ -83,6 +83,7 @@ import time
 from pathlib import Path
 
 import forked_decoding
+from imitkd import averaging
 from imitkd_data import atomic
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.ddtp.corpus import build
@@ -139,7 +140,7 @@ PRESETS = {
         expert_lr=2e-3, expert_warmup=50, expert_updates=200, expert_stop_hours=0,
         enc_layers=1, dec_layers=1, dim=64, ffn=128, heads=2, conv_kernels="5,5",
         asr_updates=100, asr_stop_hours=0, asr_lr=2e-3, asr_warmup=50, asr_ctc_weight=0.5, asr_max_tokens=20000,
-        asr_extra=30, asr_lr_schedule="linear",
+        asr_extra=30, asr_lr_schedule="linear", asr_average=2,
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
         encoder_freezing=10, student_select="bleu",
         beta_hold=0, transcribe_beam=1, joint_beam=2, joint_ctc_weight=0.5, joint_length_bonus=1.0, log_interval=10,
@@ -155,7 +156,10 @@ PRESETS = {
     # dropout) its dev NLL after 15 min was 3.24 bits against 3.95 with dropout 0.2 (0.1 / 0.1: 3.63),
     # dev BLEU (beam 5) 12.4 against 7.1 (0.1: 10.1); dev probes beside each other at 7d92867 (RESULTS.md).
     # The ASR stage's cap is 0.25 h (was 0.27): joint decoding's train transcription (~3 min on one core)
-    # is paid for from it. The demo still took 66 minutes at 38c8ee8 (RESULTS.md: the schedule, since changed)
+    # is paid for from it. The demo still took 66 minutes at 38c8ee8 (RESULTS.md: the schedule, since changed).
+    # The ASR model the students and transcripts use is the mean of its last 3 checkpoints, saved every 100
+    # updates (asr_average, asr_save_every): dev WER 53.1 → 50.7 % with the AVX2 machine's 15-minute model at
+    # cb6f60c (the last 5: 51.0, the last 10: 54.1; RESULTS.md, small section)
     "small": dict(
         corpus="small", train_voices="seen", spm_vocab_size=1000, methods=BASE_METHODS,
         expert_text_pairs=ALL_PAIRS,
@@ -164,7 +168,7 @@ PRESETS = {
         expert_lr=3e-3, expert_warmup=200, expert_updates=4000, expert_stop_hours=0.25,
         enc_layers=3, dec_layers=2, dim=128, ffn=512, heads=4, conv_kernels="5,5,5",
         asr_updates=2400, asr_stop_hours=0.25, asr_lr=5e-3, asr_warmup=250, asr_ctc_weight=0.5, asr_max_tokens=10000,
-        asr_extra=0, asr_lr_schedule="inverse_sqrt",
+        asr_extra=0, asr_lr_schedule="inverse_sqrt", asr_average=3, asr_save_every=100,
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200, student_select="bleu",
         beta_hold=500, transcribe_beam=4, joint_beam=32, joint_ctc_weight=0.5, joint_length_bonus=1.5,
@@ -195,7 +199,7 @@ PRESETS = {
 PRESETS["medium"] = dict(
     PRESETS["small"], train_voices="many", methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=10800, asr_stop_hours=0, asr_extra=16000,
-    student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=32, joint_ctc_weight=0.3,
+    student_updates=2000, encoder_freezing=400, beta_hold=1000, joint_beam=32, joint_ctc_weight=0.3, asr_average=0, asr_save_every=None,
     joint_length_bonus=1.5, log_interval=50, validate_every=200,
 )
 COMMON = ["--cpu", "--num-workers", "0", "--seed", "1", "--no-progress-bar", "--log-format", "json",
@@ -687,13 +691,14 @@ def expert_flags(P):
             "--weight-decay", "0.0001"]
 
 
-def _interval_flags(P, updates):
-    """Validate (dev loss curve) and save every ``validate_every`` updates, at least 4 times a run;
-    progress lines every ``log_interval`` updates, at least 10 a run; no per-epoch checkpoints."""
-    every = max(1, min(P["validate_every"], updates // 4))
+def _interval_flags(P, updates, every=None, keep=1):
+    """Validate (dev loss curve) and save every ``every`` updates (default ``validate_every``), at least 4
+    times a run, keeping the last ``keep`` interval checkpoints; progress lines every ``log_interval``
+    updates, at least 10 a run; no per-epoch checkpoints."""
+    every = max(1, min(every or P["validate_every"], updates // 4))
     log_every = max(1, min(P["log_interval"], updates // 10))
     return ["--validate-interval", "100000", "--save-interval", "100000", "--validate-interval-updates", every,
-            "--save-interval-updates", every, "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+            "--save-interval-updates", every, "--keep-interval-updates", keep, "--no-epoch-checkpoints",
             "--log-interval", log_every]
 
 
@@ -753,7 +758,8 @@ def lr_schedule_flags(schedule: str, warmup: int, updates: int):
 
 def s2t_cmd(args, P, corpus, stage: str, train_subset, valid_subset, save_dir, seed=None):
     """fairseq-train of a speech model; ``stage`` ("asr" or "student") picks the preset's
-    ``<stage>_lr``, ``_warmup``, ``_updates`` and ``_max_tokens`` (batch size in frames); ``seed``:
+    ``<stage>_lr``, ``_warmup``, ``_updates`` and ``_max_tokens`` (batch size in frames), and
+    ``<stage>_average``/``_save_every`` (the interval checkpoints kept for averaging); ``seed``:
     fairseq's ``--seed`` (default ``--seed`` of the demo)."""
     updates, warmup = P[f"{stage}_updates"], P[f"{stage}_warmup"]
     schedule = P.get(f"{stage}_lr_schedule", "inverse_sqrt")
@@ -764,7 +770,8 @@ def s2t_cmd(args, P, corpus, stage: str, train_subset, valid_subset, save_dir, s
             *common_flags(args.seed if seed is None else seed),
             "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", P[f"{stage}_lr"],
             *lr_schedule_flags(schedule, min(warmup, updates // 2 or 1), updates),
-            "--clip-norm", "10.0", "--max-tokens", P[f"{stage}_max_tokens"], "--max-update", updates, *_interval_flags(P, updates),
+            "--clip-norm", "10.0", "--max-tokens", P[f"{stage}_max_tokens"], "--max-update", updates,
+            *_interval_flags(P, updates, P.get(f"{stage}_save_every"), max(1, P.get(f"{stage}_average", 0))),
             "--save-dir", save_dir]
 
 
@@ -775,8 +782,23 @@ def stage_asr(args, P, corpus: Path, clock) -> Path:
     cmd = s2t_cmd(args, P, corpus, "asr", asr_train_subsets(P, corpus), "dev_asr", d)
     cmd += ["--criterion", "nll", "--label-smoothing", "0.1", "--ctc-weight", P["asr_ctc_weight"],
             *_stop_flags(P["asr_stop_hours"])]
-    train_run(args, clock, d, cmd, "asr", updates)
-    return d / "checkpoint_best.pt"
+    done = train_run(args, clock, d, cmd, "asr", updates)
+    return asr_average(args, P, d, done, clock) if P.get("asr_average") else d / "checkpoint_best.pt"
+
+
+def asr_average(args, P, d: Path, done: dict, clock) -> Path:
+    """The mean of the ASR run's last ``asr_average`` interval checkpoints (``imitkd.averaging``), made once
+    per training run (its done-record names them); the students' encoder and the transcripts come from it."""
+    n, avg = P["asr_average"], d / "checkpoint_avg.pt"
+    names = [p.name for p in averaging.interval_checkpoints(d, n)]
+    if len(names) < n:
+        raise DemoError(f"asr: {n} interval checkpoints to average, found {len(names)} in {d}")
+    if avg.is_file() and done.get("averaged") == names and not args.force:
+        return avg
+    averaging.save_average([d / name for name in names], avg)
+    _write_json(d / "done.json", {**done, "averaged": names})
+    clock.say(f"   [asr] averaged {', '.join(names)} -> {avg.name}")
+    return avg
 
 
 def generate(args, clock, cmd, log: Path, key: str, label: str) -> Path:
@@ -1321,7 +1343,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         f"ASR (speech → English, the students' encoder init): WER {', '.join(f'{w:.1f} % on {s}' for s, w in wer.items())}"
         f" ({asr_how}; lowercased words without punctuation), {asr_done.get('reached')} updates, trained in "
         f"{fmt_time(asr_done.get('train_seconds', 0))} on the {n_train} training utterances"
-        + (f" and {n_extra} English-only ones ({ASR_EXTRA}.tsv)." if n_extra else "."),
+        + (f" and {n_extra} English-only ones ({ASR_EXTRA}.tsv)" if n_extra else "")
+        + (f"; the mean of its checkpoints {', '.join(asr_done['averaged'])}." if asr_done.get("averaged") else "."),
         "Paired bootstrap (sacrebleu, 1000 resamples) on BLEU: " + ("; ".join(extra) if extra else "–") + ".",
         f"DDTP-ST en→de, corpus size {P['corpus']}: {n_train} training utterances, {n_test} test utterances "
         f"(test_unseen: the same sentences, held-out voices); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
