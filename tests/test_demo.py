@@ -415,6 +415,19 @@ def test_stage_keys_do_not_depend_on_where_the_checkout_or_venv_lies(tmp_path, m
     assert demo.command_key(["python", moved["DATASET_SCRIPT"], *here[2:]], "asr-key") != key
 
 
+def test_asr_average_names_a_damaged_or_missing_checkpoint_in_one_line(tmp_path):
+    demo = demo_module()
+    for update in (100, 200):
+        (tmp_path / f"checkpoint_1_{update}.pt").write_bytes(b"not a checkpoint")
+    args, clock = SimpleNamespace(force=False), SimpleNamespace(say=print)
+    with pytest.raises(demo.DemoError, match=r"asr: averaging its checkpoints failed: .*checkpoint_1_100\.pt"):
+        demo.asr_average(args, {"asr_average": 2}, tmp_path, {"key": "k"}, clock)
+    (tmp_path / "checkpoint_1_100.pt").unlink()
+    with pytest.raises(demo.DemoError, match="asr: 2 interval checkpoints to average, found 1 in "):
+        demo.asr_average(args, {"asr_average": 2}, tmp_path, {"key": "k"}, clock)
+    assert not (tmp_path / "checkpoint_avg.pt").exists()
+
+
 def test_linear_lr_decay_refuses_a_time_cap():
     """A linear decay ends at --max-update; under a wall-clock cap it would stop at a high learning rate."""
     demo = demo_module()

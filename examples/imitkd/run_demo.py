@@ -84,6 +84,7 @@ from pathlib import Path
 
 import forked_decoding
 from imitkd import averaging
+from imitkd.errors import ImitKDError
 from imitkd_data import atomic
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.ddtp.corpus import build
@@ -795,7 +796,10 @@ def asr_average(args, P, d: Path, done: dict, clock) -> Path:
         raise DemoError(f"asr: {n} interval checkpoints to average, found {len(names)} in {d}")
     if avg.is_file() and done.get("averaged") == names and not args.force:
         return avg
-    averaging.save_average([d / name for name in names], avg)
+    try:
+        averaging.save_average([d / name for name in names], avg)
+    except ImitKDError as e:  # a damaged checkpoint: one line, as every other stage's failure
+        raise DemoError(f"asr: averaging its checkpoints failed: {e}") from None
     _write_json(d / "done.json", {**done, "averaged": names})
     clock.say(f"   [asr] averaged {', '.join(names)} -> {avg.name}")
     return avg
