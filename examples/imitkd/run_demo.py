@@ -791,13 +791,14 @@ def asr_average(args, P, d: Path, done: dict, clock) -> Path:
     """The mean of the ASR run's last ``asr_average`` interval checkpoints (``imitkd.averaging``), made once
     per training run (its done-record names them); the students' encoder and the transcripts come from it."""
     n, avg = P["asr_average"], d / "checkpoint_avg.pt"
-    names = [p.name for p in averaging.interval_checkpoints(d, n)]
+    paths = averaging.interval_checkpoints(d, n)
+    names = [p.name for p in paths]
     if len(names) < n:
         raise DemoError(f"asr: {n} interval checkpoints to average, found {len(names)} in {d}")
     if avg.is_file() and done.get("averaged") == names and not args.force:
         return avg
     try:
-        averaging.save_average([d / name for name in names], avg)
+        averaging.save_average(paths, avg)
     except ImitKDError as e:  # a damaged checkpoint: one line, as every other stage's failure
         raise DemoError(f"asr: averaging its checkpoints failed: {e}") from None
     _write_json(d / "done.json", {**done, "averaged": names})
