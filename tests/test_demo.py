@@ -123,9 +123,9 @@ def test_seed_methods_limit_only_the_further_seeds(tmp_path):
     assert students == ["imit_kd_CE", "imit_kd", "imitkdt", "word_kd", "kdt", "nll", "imit_kd_CE.seed2", "nll.seed2"]
 
 
-def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
-    """The demo forks its decodings from one process that imported torch and fairseq once: the same
-    output and exit status as the subprocess it replaces, and ``Children.stop`` can end one."""
+def test_forked_runs_give_what_a_subprocess_gives_and_stop(tmp_path):
+    """The demo forks its decodings and training runs from one process that imported torch and fairseq
+    once: the same output and exit status as the subprocess it replaces, and ``Children.stop`` can end one."""
     import multiprocessing
     import signal
     import time
@@ -133,11 +133,12 @@ def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no forkserver on this platform (the demo runs subprocesses there)")
     demo = demo_module()
-    import forked_decoding
+    import forked_runs
 
     cmd = [sys.executable, demo.CTC_SCRIPT, tmp_path, "--config-yaml", tmp_path / "config.yaml", "--gen-subset",
            "dev_asr", "--path", tmp_path / "missing.pt", "--cpu"]
-    assert forked_decoding.forkable(cmd) and not forked_decoding.forkable([sys.executable, DEMO])
+    assert forked_runs.forkable(cmd) and forked_runs.forkable([demo._exe("imitkd-train"), "data"])
+    assert not forked_runs.forkable([sys.executable, DEMO]) and not forked_runs.forkable([demo._exe("imitkd-preprocess")])
     forked = demo.CHILDREN.run_decoding(cmd, threads=1)
     plain = demo.CHILDREN.run(cmd, env=demo._env(1), cwd=REPO)
     assert forked.returncode == plain.returncode != 0
@@ -145,7 +146,7 @@ def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
 
     script = tmp_path / "slow.py"
     script.write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n")
-    run = forked_decoding.ForkedRun([sys.executable, script], tmp_path, 1)
+    run = forked_runs.ForkedRun([sys.executable, script], tmp_path, 1)
     deadline = time.time() + 60
     while "started" not in Path(run.out_path).read_text() and time.time() < deadline:
         time.sleep(0.1)
@@ -153,6 +154,41 @@ def test_forked_decoding_gives_what_a_subprocess_gives_and_stops(tmp_path):
     run.terminate()
     out, _ = run.communicate()
     assert run.returncode == -signal.SIGTERM and out.strip() == "started"
+
+
+@pytest.mark.slow
+def test_forked_training_equals_a_subprocess(toy, tmp_path):
+    """A training run forked by the demo (``run_logged``) writes the checkpoint a subprocess writes, to the
+    bit, appends its output to the log and prints its progress lines; a failing one raises DemoError
+    naming the log."""
+    import toydata
+
+    demo = demo_module()
+    saved = {}
+    for how in ("forked", "subprocess"):
+        args = toydata.student_train_args(toy, "imit_kd_CE", tmp_path / how, 4,
+                                          ["--log-format", "json", "--log-interval", "1", "--expert-dtype", "fp32"])
+        cmd = [demo._exe("imitkd-train"), *args]
+        log = tmp_path / f"{how}.log"
+        log.write_text("earlier run\n")
+        seen = []
+        clock = demo.Clock()
+        clock.say = seen.append
+        if how == "subprocess":
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(demo.forked_runs, "forkable", lambda cmd: False)
+                demo.run_logged(cmd, log, clock, "student", threads=1)
+        else:
+            demo.run_logged(cmd, log, clock, "student", threads=1)
+        text = log.read_text()
+        assert text.startswith("earlier run\n$ ") and "done training" in text
+        assert [int(m) for m in re.findall(r"\[student\] update (\d+) loss", "\n".join(seen))] == [1, 2, 3, 4]
+        saved[how] = torch.load(tmp_path / how / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    assert saved["forked"].keys() == saved["subprocess"].keys()
+    assert all(torch.equal(saved["forked"][k], saved["subprocess"][k]) for k in saved["forked"])
+    with pytest.raises(demo.DemoError, match=r"student failed \(exit 2\).*full log: .*bad\.log"):
+        demo.run_logged([demo._exe("imitkd-train"), *args, "--criterion", "no_such"], tmp_path / "bad.log",
+                        demo.Clock(), "student", threads=1)
 
 
 def test_missing_espeak_is_one_line_error(tmp_path):
@@ -164,7 +200,7 @@ def test_missing_espeak_is_one_line_error(tmp_path):
     assert errors == ["error: espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (the end-to-end test runs first, apart from the rest of this module)
 def ddtp_ci(tmp_path_factory):
     try:
         return build_ci_corpus(tmp_path_factory.mktemp("ddtp"))
@@ -542,18 +578,18 @@ def test_run_graph_starts_a_job_when_its_dependencies_are_done(lanes):
         run_graph({"kd": job("kd", ("expert",))}, lanes)
 
 
-def _processes_naming(text: str, exclude=()):
-    """PIDs of the live processes whose command line contains ``text`` (Linux /proc)."""
+def _processes_writing(path: Path):
+    """PIDs of the live processes whose stdout is ``path`` (Linux /proc): the demo's forked training runs
+    write their logs themselves."""
     pids = []
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in exclude:
+        if not d.name.isdigit():
             continue
         try:
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.readlink(d / "fd" / "1") == str(path):
+                pids.append(int(d.name))
         except OSError:
             continue
-        if text in cmdline:
-            pids.append(int(d.name))
     return pids
 
 
@@ -574,18 +610,19 @@ def test_a_signal_to_the_demo_stops_its_training_runs(ddtp_ci, tmp_path):
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
     reader.start()
-    runs = [f"--save-dir {out_dir / name}" for name in ("asr", "expert")]  # the two fairseq-train runs
+    runs = [out_dir / name / "train.log" for name in ("asr", "expert")]  # the two fairseq-train runs' logs
     deadline = time.time() + 300
-    while not all(_processes_naming(run, exclude={demo.pid}) for run in runs):
+    while not all(_processes_writing(run) for run in runs):
         assert demo.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
         time.sleep(0.5)
-    children = {run: _processes_naming(run, exclude={demo.pid}) for run in runs}
+    children = {run: _processes_writing(run) for run in runs}
+    assert all(Path(f"/proc/{pid}/comm").read_text().strip() == "imitkd-train" for pids in children.values() for pid in pids)
 
     demo.send_signal(signal.SIGTERM)
     assert demo.wait(timeout=120) == 128 + signal.SIGTERM
     reader.join(timeout=10)
     assert "SIGTERM: stopped (its training runs too); run the same command again to resume" in "".join(lines)
     deadline = time.time() + 30
-    while any(_processes_naming(run) for run in runs) and time.time() < deadline:
+    while any(_processes_writing(run) for run in runs) and time.time() < deadline:
         time.sleep(0.5)
-    assert not [pid for run in runs for pid in _processes_naming(run)], children
+    assert not [pid for run in runs for pid in _processes_writing(run)], children

@@ -67,6 +67,7 @@ translation files). ``--size ci`` with few updates is the seconds-long smoke ver
 Exit status 2 with a one-line ``error:`` on a missing tool or a failed stage (the failing log is named).
 """
 import argparse
+import collections
 import concurrent.futures
 import functools
 import hashlib
@@ -82,9 +83,7 @@ import threading
 import time
 from pathlib import Path
 
-import forked_decoding
-from imitkd import averaging
-from imitkd.errors import ImitKDError
+import forked_runs
 from imitkd_data import atomic
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.ddtp.corpus import build
@@ -340,7 +339,7 @@ class Children:
         self.procs, self.lock, self.stopped = set(), threading.RLock(), None  # (re-entered by a signal)
 
     def _start(self, start):
-        """``start()`` (a ``subprocess.Popen`` or a ``forked_decoding.ForkedRun``) as a tracked child,
+        """``start()`` (a ``subprocess.Popen`` or a ``forked_runs.ForkedRun``) as a tracked child,
         unless ``stop`` came first."""
         with self.lock:
             if self.stopped is not None:
@@ -370,10 +369,49 @@ class Children:
 
     def run_decoding(self, cmd, threads: int) -> subprocess.CompletedProcess:
         """A decoding (``imitkd-generate``, ``ctc_transcribe.py``): forked from the process that imported
-        torch and fairseq once (``forked_decoding``; ≈ 7.5 s of a core less each); otherwise ``run``."""
-        if not forked_decoding.forkable(cmd):
+        torch and fairseq once (``forked_runs``; ≈ 6–7.5 s of a core less each); otherwise ``run``."""
+        if not forked_runs.forkable(cmd):
             return self.run(cmd, env=_env(threads), cwd=REPO)
-        return self._wait(self._start(lambda: forked_decoding.ForkedRun(cmd, REPO, threads)))
+        return self._wait(self._start(lambda: forked_runs.ForkedRun(cmd, REPO, threads)))
+
+    def follow(self, cmd, log_path: Path, threads: int, on_line) -> int:
+        """Run ``cmd`` with its output appended to ``log_path``, calling ``on_line`` with each line as it
+        comes; returns the exit status. Forked (``forked_runs``) where it can be, otherwise a subprocess
+        whose output the demo writes to the log."""
+        if not forked_runs.forkable(cmd):
+            return self._follow_subprocess(cmd, log_path, threads, on_line)
+        with open(log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            proc = self._start(lambda: forked_runs.ForkedRun(cmd, REPO, threads, out_path=log_path))
+            try:
+                partial = b""
+                while True:
+                    ended = proc.poll() is not None  # read what it wrote before it ended, then stop
+                    chunk = log.read()
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()
+                    for line in lines:
+                        on_line(line.decode("utf-8", errors="replace") + "\n")
+                    if ended:
+                        if partial:
+                            on_line(partial.decode("utf-8", errors="replace"))
+                        return proc.returncode
+                    if not chunk:
+                        time.sleep(0.2)
+            finally:
+                self.forget(proc)
+
+    def _follow_subprocess(self, cmd, log_path: Path, threads: int, on_line) -> int:
+        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=_env(threads), cwd=REPO)
+        try:
+            with open(log_path, "a", encoding="utf-8") as log:
+                for line in proc.stdout:
+                    log.write(line)
+                    on_line(line)
+            return proc.wait()
+        finally:
+            self.forget(proc)
 
     def stop(self, signum: int) -> None:
         with self.lock:
@@ -462,19 +500,14 @@ def run_logged(cmd, log_path: Path, clock: Clock, label: str, threads: int, quie
     t = time.time()
     with open(log_path, "a", encoding="utf-8") as log:
         log.write("$ " + " ".join(map(str, cmd)) + "\n")
-        log.flush()
-        proc = CHILDREN.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                              env=_env(threads), cwd=REPO)
-        tail = []
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                tail = (tail + [line.rstrip()])[-30:]
-                if not quiet:
-                    _progress(line, clock, label, total)
-            rc = proc.wait()
-        finally:
-            CHILDREN.forget(proc)
+    tail = collections.deque(maxlen=30)
+
+    def on_line(line: str) -> None:
+        tail.append(line.rstrip())
+        if not quiet:
+            _progress(line, clock, label, total)
+
+    rc = CHILDREN.follow(cmd, log_path, threads, on_line)
     if rc != 0:
         errors = [line for line in tail if line.startswith("error:") or "Error" in line]
         why = errors[-1] if errors else (tail[-1] if tail else "no output")
@@ -790,6 +823,9 @@ def stage_asr(args, P, corpus: Path, clock) -> Path:
 def asr_average(args, P, d: Path, done: dict, clock) -> Path:
     """The mean of the ASR run's last ``asr_average`` interval checkpoints (``imitkd.averaging``), made once
     per training run (its done-record names them); the students' encoder and the transcripts come from it."""
+    from imitkd import averaging  # (torch and fairseq: imported by the demo only where it averages)
+    from imitkd.errors import ImitKDError
+
     n, avg = P["asr_average"], d / "checkpoint_avg.pt"
     paths = averaging.interval_checkpoints(d, n)
     names = [p.name for p in paths]

@@ -1,0 +1,140 @@
+"""The demo's training runs and decodings, forked from one process that imported torch, fairseq and the
+plugin once.
+
+A training run of the ci preset (``imitkd-train``) or a decoding of a test set (``imitkd-generate``,
+``ctc_transcribe.py``) takes a few seconds of a core; starting a Python and importing torch, fairseq and
+``imitkd`` first takes ≈ 6–7.5 s more, and the small demo starts ≈ 10 training runs and ≈ 40 decodings.
+``ForkedRun`` therefore forks each from a multiprocessing *forkserver* that imported those modules once.
+The forkserver is a separate, single-threaded process, so forking it is safe while the demo's own
+threads run. The child names itself after the command (``/proc/self/comm``: ``ps -o comm``, ``top``).
+Where ``forkable`` says no (no forkserver, as on Windows, or any other command), the demo starts a
+subprocess as before (``run_demo.Children``).
+"""
+import multiprocessing
+import os
+import runpy
+import sys
+import tempfile
+import traceback
+
+#: imported once, in the forkserver (multiprocessing skips one that fails to import)
+PRELOAD = ["torch", "fairseq_cli.train", "fairseq_cli.generate", "imitkd.cli", "forked_runs"]
+#: the console scripts a child runs as functions of ``imitkd.cli`` (not ``imitkd-preprocess``: with its pool of
+#: workers started inside the forked child, the ci expert's binarisation took 53 s against ≈ 5 s as a subprocess)
+CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate")
+_CONTEXT = None
+
+
+def forkable(cmd, script_names=("ctc_transcribe.py",)) -> bool:
+    """Whether ``cmd`` can run in a forked child: one of ``CONSOLE_SCRIPTS`` or one of ``script_names``
+    run by this Python, on a platform with a forkserver."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    exe = os.path.basename(str(cmd[0]))
+    return exe in CONSOLE_SCRIPTS or (str(cmd[0]) == sys.executable and len(cmd) > 1
+                                      and os.path.basename(str(cmd[1])) in script_names)
+
+
+def _context():
+    """The forkserver context; its server starts (and imports ``PRELOAD``) at the first ``start``,
+    with the environment the demo has then (``OMP_NUM_THREADS`` is read when torch is imported)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def _name_process(argv) -> None:
+    """``ps -o comm``/``top`` show the command (15 characters) instead of the forkserver's Python."""
+    script = os.path.basename(argv[0] if os.path.basename(argv[0]) in CONSOLE_SCRIPTS else argv[1])
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(script[:15])
+    except OSError:  # not Linux
+        pass
+
+
+def _child(argv, out_path: str, append: bool, cwd: str, threads: int) -> None:
+    """In the forked child: stdout and stderr to ``out_path`` (appended to, or from its start), then the
+    console script or the script with ``argv`` as ``sys.argv``; the exit status as a subprocess would give it."""
+    fd = os.open(out_path, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(cwd)
+    _name_process(argv)
+    code = 0
+    try:
+        import warnings
+
+        import torch
+
+        warnings.simplefilter("ignore")  # as the demo's subprocesses (PYTHONWARNINGS=ignore)
+
+        if threads:
+            torch.set_num_threads(threads)
+        script = os.path.basename(argv[0])
+        if script in CONSOLE_SCRIPTS:
+            from imitkd import cli
+
+            sys.argv = [script, *argv[1:]]
+            getattr(cli, script.split("-", 1)[1])()
+        else:
+            sys.argv = list(argv[1:])
+            runpy.run_path(argv[1], run_name="__main__")
+    except SystemExit as e:  # sys.exit(None | int | message), as the interpreter would end
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: B036 (reported in the output, as Python would)
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+class ForkedRun:
+    """A command running in a forked child, with the part of ``subprocess.Popen`` that the demo's
+    ``Children`` uses (``poll``, ``terminate``, ``communicate``, ``returncode``).
+
+    Its stdout and stderr go to ``out_path`` (appended; the caller reads it as it grows) or, without one,
+    to a temporary file that ``communicate`` returns and removes."""
+
+    def __init__(self, cmd, cwd, threads: int, out_path=None):
+        self.owns_output = out_path is None
+        if self.owns_output:
+            fd, out_path = tempfile.mkstemp(prefix="imitkd-run-", suffix=".log")
+            os.close(fd)
+        self.out_path = str(out_path)
+        self.args = [str(c) for c in cmd]
+        self.proc = _context().Process(target=_child, args=(self.args, self.out_path, not self.owns_output,
+                                                            str(cwd), threads))
+        self.proc.start()
+
+    def poll(self):
+        return self.proc.exitcode
+
+    def terminate(self):
+        self.proc.terminate()
+
+    def communicate(self):
+        """Wait for the child; (its output, stdout and stderr together, as text; None), as ``Popen``'s
+        (the output is the temporary file's; ``None`` with an ``out_path`` of the caller's)."""
+        self.proc.join()
+        if not self.owns_output:
+            return None, None
+        try:
+            with open(self.out_path, encoding="utf-8", errors="replace") as f:
+                return f.read(), None
+        finally:
+            os.unlink(self.out_path)
+
+    @property
+    def returncode(self):
+        return self.proc.exitcode
