@@ -22,13 +22,14 @@ system-deps:
 
 setup: $(VENV)/.installed system-deps
 
-# TEST_WORKERS pytest-xdist workers (one per core), each test's torch (and the CLIs it runs) on one thread
+# TEST_WORKERS pytest-xdist workers (one per core), each test's torch (and the CLIs it runs) on one thread;
+# an idle worker takes tests queued for the other (worksteal); the 15 slowest tests are listed at the end
 TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 15
 
 test-fast: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 demo: setup
 	$(PY) examples/imitkd/run_demo.py --size small --out demo

@@ -22,8 +22,8 @@ def joint(toy):
     as the demo's dict.txt) and a data config using it."""
     s2t = toy / "s2t"
     words = toydata.TGT_WORDS + toydata.SRC_WORDS
-    (s2t / "dict.joint.txt").write_text("".join(f"{w} 1\n" for w in words))
-    (s2t / "config_joint.yaml").write_text("input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.joint.txt\n")
+    toydata.write_atomically(s2t / "dict.joint.txt", "".join(f"{w} 1\n" for w in words))
+    toydata.write_atomically(s2t / "config_joint.yaml", "input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.joint.txt\n")
     return ["--config-yaml", "config_joint.yaml"]
 
 
@@ -215,7 +215,7 @@ def test_asr_then_student_through_the_cli(toy, joint, tmp_path):
         rows = [dict(zip(head, line.split("\t"))) for line in lines[1:]]
         for r in rows:
             r["tgt_text"] = r["src_text"]
-        (s2t / f"{split}_asr.tsv").write_text("\n".join(["\t".join(head)] + ["\t".join(r[h] for h in head) for r in rows]) + "\n")
+        toydata.write_atomically(s2t / f"{split}_asr.tsv", "\n".join(["\t".join(head)] + ["\t".join(r[h] for h in head) for r in rows]) + "\n")
     asr_dir = tmp_path / "asr"
     args = toydata.student_train_args(toy, "nll", asr_dir, 40, [*joint, "--ctc-weight", "0.5", "--train-subset",
                                                                 "train_asr", "--valid-subset", "dev_asr"])

@@ -60,6 +60,14 @@ def write_corpus(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: the pytest-xdist workers share the
+    ``toy`` build (conftest.py), so a test that adds a file to it must never let another read half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def executable(name: str) -> str:
     """A console script of the Python running the tests (its venv), else the one on PATH (e.g. a
     ``pip install --target`` on a machine without the venv)."""
