@@ -156,6 +156,40 @@ def test_forked_runs_give_what_a_subprocess_gives_and_stop(tmp_path):
     assert run.returncode == -signal.SIGTERM and out.strip() == "started"
 
 
+DRIVER = """
+import os, sys
+sys.path.insert(0, {moddir!r})
+import forked_runs
+
+if __name__ == "__main__":
+    for i in range(2):
+        run = forked_runs.ForkedRun([sys.executable, {script!r}], {moddir!r}, 1)
+        out, _ = run.communicate()
+        print(i, run.returncode, out.strip().splitlines()[-1:])
+        if i == 0:
+            os.remove(os.path.join({moddir!r}, "forked_runs.py"))
+"""
+
+
+def test_forked_runs_survive_their_module_leaving_the_checkout(tmp_path):
+    """The forkserver preloads ``forked_runs`` (Python 3.11's forkserver ignores the sys.path it is given,
+    so the demo puts the module's directory on its PYTHONPATH): a fork after the file was renamed or
+    removed under a running demo (a ``git pull``) still starts."""
+    import multiprocessing
+    import shutil
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver on this platform")
+    moddir = tmp_path / "mod"
+    moddir.mkdir()
+    shutil.copy(DEMO.parent / "forked_runs.py", moddir / "forked_runs.py")
+    (moddir / "hello.py").write_text("print('hello')\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(moddir=str(moddir), script=str(moddir / "hello.py")))
+    out = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["0 0 ['hello']", "1 0 ['hello']"], out.stdout + out.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_forked_training_equals_a_subprocess(toy, tmp_path):
     """A training run forked by the demo (``run_logged``) writes the checkpoint a subprocess writes, to the

@@ -11,10 +11,12 @@ Where ``forkable`` says no (no forkserver, as on Windows, or any other command),
 subprocess as before (``run_demo.Children``).
 """
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import sys
 import tempfile
+import threading
 import traceback
 
 #: imported once, in the forkserver (multiprocessing skips one that fails to import)
@@ -23,6 +25,7 @@ PRELOAD = ["torch", "fairseq_cli.train", "fairseq_cli.generate", "imitkd.cli", "
 #: workers started inside the forked child, the ci expert's binarisation took 53 s against ≈ 5 s as a subprocess)
 CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate")
 _CONTEXT = None
+_LOCK = threading.Lock()
 
 
 def forkable(cmd, script_names=("ctc_transcribe.py",)) -> bool:
@@ -36,13 +39,27 @@ def forkable(cmd, script_names=("ctc_transcribe.py",)) -> bool:
 
 
 def _context():
-    """The forkserver context; its server starts (and imports ``PRELOAD``) at the first ``start``,
-    with the environment the demo has then (``OMP_NUM_THREADS`` is read when torch is imported)."""
+    """The forkserver context. Its server starts here, once, and imports ``PRELOAD``, with the environment
+    the demo has then (``OMP_NUM_THREADS`` is read when torch is imported) and this module's directory put
+    first on its ``PYTHONPATH``: Python 3.11's forkserver ignores the ``sys.path`` it is handed, so it could
+    not preload this module, and every child imported it from disk again; a demo whose checkout changed
+    under it (a ``git pull`` that renamed this file) then failed at its next fork."""
     global _CONTEXT
-    if _CONTEXT is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
-        _CONTEXT = ctx
+    with _LOCK:
+        if _CONTEXT is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(PRELOAD)
+            before = os.environ.get("PYTHONPATH")
+            here = os.path.dirname(os.path.abspath(__file__))
+            os.environ["PYTHONPATH"] = os.pathsep.join([here] + ([before] if before else []))
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                if before is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = before
+            _CONTEXT = ctx
     return _CONTEXT
 
 
