@@ -352,7 +352,12 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path):
         key, dev = row["key"], row["dev_bleu"]
         for decoding, stem in (("beam5", key), ("greedy", f"{key}.greedy")):
             assert json.loads((evals / f"{stem}.dev.json").read_text())["bleu"] == dev[decoding]
-        assert row["decoding"] == ("greedy" if dev["greedy"] > dev["beam5"] else "beam5")
+        # ... among the decodings whose dev translations are ≥ 95 % distinct (all, if none is)
+        dev_hyps = {d: (evals / f"{s}.dev.hyp").read_text(encoding="utf-8").splitlines()
+                    for d, s in (("beam5", key), ("greedy", f"{key}.greedy"))}
+        assert row["dev_distinct"] == {d: round(len(set(h)) / len(h), 4) for d, h in dev_hyps.items()}
+        eligible = [d for d in ("beam5", "greedy") if row["dev_distinct"][d] >= 0.95] or ["beam5", "greedy"]
+        assert row["decoding"] == max(eligible, key=lambda d: dev[d])
         chosen = key if row["decoding"] == "beam5" else f"{key}.{row['decoding']}"
         for split in ("test", "test_unseen"):
             hyps = (evals / f"{chosen}.{split}.hyp").read_text(encoding="utf-8").splitlines()
@@ -465,6 +470,18 @@ def test_students_start_costliest_first_and_further_seeds_last(tmp_path):
     assert students == first + [f"{key}.seed2" for key in first]
     assert jobs["imitkdt.seed2"][1] == jobs["imitkdt"][1] == ("asr", "expert", "transcripts")
     assert jobs["nll.seed2"][1] == ("asr",)
+
+
+def test_a_decoding_that_collapses_on_dev_is_not_chosen():
+    choose = demo_module().choose_decoding
+    bleu = {"beam5": {"bleu": 7.0}, "beam5-lenpen2": {"bleu": 7.1}, "greedy": {"bleu": 6.8}}
+    # the small AVX2 run's ImitKD-optimal student (bb4b4bb): lenpen 2 had the best dev BLEU with 207 of 223 distinct
+    distinct = {"beam5": 183 / 223, "beam5-lenpen2": 207 / 223, "greedy": 214 / 223}
+    assert choose(bleu, distinct) == "greedy"
+    assert choose(bleu, {d: 1.0 for d in bleu}) == "beam5-lenpen2"  # none collapsed: the best dev BLEU
+    assert choose(bleu, {d: 0.5 for d in bleu}) == "beam5-lenpen2"  # all collapsed: the best of all
+    assert choose(bleu, {**distinct, "beam5": 0.95}) == "beam5"  # exactly 95 % is enough
+    assert choose({d: {"bleu": 7.0} for d in bleu}, {d: 1.0 for d in bleu}) == "beam5"  # a tie: --decodings order
 
 
 def test_stage_keys_do_not_depend_on_where_the_checkout_or_venv_lies(tmp_path, monkeypatch):

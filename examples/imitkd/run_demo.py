@@ -1079,18 +1079,28 @@ def evaluate_student(args, clock, key: str, split: str, train_key: str, decoding
     return evaluate(args, clock, system_name(key, decoding), split, cmd, refs, [train_key])
 
 
-def choose_decoding(dev_scores: dict) -> str:
-    """The decoding with the best dev BLEU; the first of ``dev_scores`` (in ``--decodings`` order) on a tie."""
-    return max(dev_scores, key=lambda d: dev_scores[d]["bleu"])
+#: a decoding is chosen on dev only if at least this share of its dev translations differ from one another: one
+#: that repeats stock sentences has collapsed (the small AVX2 run at bb4b4bb: ImitKD-optimal's beam 5 with
+#: lenpen 2 had the best dev BLEU with 207 distinct of 223, and gave 193 of 204 on test; greedy: 214 and 198)
+MIN_DISTINCT_DEV = 0.95
+
+
+def choose_decoding(dev_scores: dict, distinct: dict) -> str:
+    """The decoding with the best dev BLEU among those whose dev translations are at least ``MIN_DISTINCT_DEV``
+    distinct (``distinct``: {decoding: distinct dev translations / dev sentences}), among all of them if none is;
+    the first of ``dev_scores`` (in ``--decodings`` order) on a tie."""
+    eligible = [d for d in dev_scores if distinct[d] >= MIN_DISTINCT_DEV] or list(dev_scores)
+    return max(eligible, key=lambda d: dev_scores[d]["bleu"])
 
 
 def evaluate_chosen(args, clock, key: str, train_key: str) -> dict:
     """Dev under every decoding of ``--decodings``; test splits under the best one, and under beam 5
-    (the fixed reference). Returns {"dev": {decoding: scores}, "chosen": decoding, split: scores,
-    "reference:test": scores}."""
+    (the fixed reference). Returns {"dev": {decoding: scores}, "dev_distinct": {decoding: share of distinct dev
+    translations}, "chosen": decoding, split: scores, "reference:test": scores}."""
     dev = {d: evaluate_student(args, clock, key, "dev", train_key, d) for d in args.decodings}
-    chosen = choose_decoding(dev)
-    out = {"dev": dev, "chosen": chosen}
+    distinct = {d: distinct_outputs(args, r["system"], "dev") / r["n"] for d, r in dev.items()}
+    chosen = choose_decoding(dev, distinct)
+    out = {"dev": dev, "dev_distinct": distinct, "chosen": chosen}
     for split in args.splits:
         out[split] = evaluate_student(args, clock, key, split, train_key, chosen)
     out["reference:test"] = evaluate_student(args, clock, key, "test", train_key, REFERENCE_DECODING)
@@ -1355,6 +1365,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
                          checkpoint_update=ckpt_update, dev_bleu_curve=[(r["update"], r["bleu"]) for r in dev],
                          distinct_test=distinct, p_vs_nll={**ps, FIXED_TEST: p_fixed}, decoding=chosen,
                          dev_bleu={d: r["bleu"] for d, r in ev["dev"].items()},
+                         dev_distinct={d: round(v, 4) for d, v in ev["dev_distinct"].items()},
                          **{f"bleu_test_{REFERENCE_DECODING}": ev["reference:test"]["bleu"]},
                          **{f"{k}_{s}": results[(key, s)][k] for s in splits for k in ("bleu", "chrf")}))
     ex = results[("expert", "test")]
@@ -1396,7 +1407,8 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         + ("BLEU (greedy, every validation)" if P["student_select"] == "bleu" else "NLL") + "; "
         "detokenized sacreBLEU and chrF (sacrebleu API).",
         "Decoding: each student is scored (BLEU, chrF, p-values, distinct) with the decoding that has its best dev "
-        f"BLEU among {', '.join(f'{d} ({decoding_flags(d)})' for d in args.decodings)}; the "
+        f"BLEU among {', '.join(f'{d} ({decoding_flags(d)})' for d in args.decodings)}, of those whose dev "
+        f"translations are at least {MIN_DISTINCT_DEV:.0%} distinct (all of them if none is); the "
         f"'BLEU test, {REFERENCE_DECODING}' column is every student with {REFERENCE_DECODING} (no choice on dev, "
         "so none of its noise: the dev BLEU of one decoding is a single draw, that of the greedy decoding is also "
         "the maximum that chose the checkpoint), with its own p-value against NLL's; the expert always "
