@@ -19,8 +19,10 @@ import tempfile
 import threading
 import traceback
 
-#: imported once, in the forkserver (multiprocessing skips one that fails to import)
-PRELOAD = ["torch", "fairseq_cli.train", "fairseq_cli.generate", "imitkd.cli", "forked_runs"]
+#: imported once, in the forkserver (multiprocessing skips one that fails to import). ``torch._dynamo``: torch's
+#: optimizers import it when the first one is built, and a decoding's checkpoint load imports its sympy-based
+#: shape module; unloaded, every training run paid ≈ 1.2 s and every decoding ≈ 0.4 s for it (AVX2, one core)
+PRELOAD = ["torch", "torch._dynamo", "fairseq_cli.train", "fairseq_cli.generate", "imitkd.cli", "forked_runs"]
 #: the console scripts a child runs as functions of ``imitkd.cli`` (not ``imitkd-preprocess``: with its pool of
 #: workers started inside the forked child, the ci expert's binarisation took 53 s against ≈ 5 s as a subprocess)
 CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate")
