@@ -104,5 +104,5 @@ def main(argv=None) -> int:
     except ImitKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"averaged {len(paths)} checkpoints ({paths[0].name} … {paths[-1].name}) -> {args.output}")
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {args.output}")
     return 0

@@ -25,7 +25,7 @@ import traceback
 PRELOAD = ["torch", "torch._dynamo", "fairseq_cli.train", "fairseq_cli.generate", "imitkd.cli", "forked_runs"]
 #: the console scripts a child runs as functions of ``imitkd.cli`` (not ``imitkd-preprocess``: with its pool of
 #: workers started inside the forked child, the ci expert's binarisation took 53 s against ≈ 5 s as a subprocess)
-CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate")
+CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate", "imitkd-average-checkpoints")
 _CONTEXT = None
 _LOCK = threading.Lock()
 
@@ -99,7 +99,7 @@ def _child(argv, out_path: str, append: bool, cwd: str, threads: int) -> None:
             from imitkd import cli
 
             sys.argv = [script, *argv[1:]]
-            getattr(cli, script.split("-", 1)[1])()
+            getattr(cli, script.split("-", 1)[1].replace("-", "_"))()
         else:
             sys.argv = list(argv[1:])
             runpy.run_path(argv[1], run_name="__main__")

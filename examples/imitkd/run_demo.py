@@ -821,22 +821,20 @@ def stage_asr(args, P, corpus: Path, clock) -> Path:
 
 
 def asr_average(args, P, d: Path, done: dict, clock) -> Path:
-    """The mean of the ASR run's last ``asr_average`` interval checkpoints (``imitkd.averaging``), made once
-    per training run (its done-record names them); the students' encoder and the transcripts come from it."""
-    from imitkd import averaging  # (torch and fairseq: imported by the demo only where it averages)
-    from imitkd.errors import ImitKDError
-
+    """The mean of the ASR run's last ``asr_average`` interval checkpoints (``imitkd-average-checkpoints``,
+    forked like the training runs: the demo itself never imports torch), made once per training run: its
+    done-record names them, and a run that trains again writes a fresh record without them. The students'
+    encoder and the transcripts come from it."""
     n, avg = P["asr_average"], d / "checkpoint_avg.pt"
-    paths = averaging.interval_checkpoints(d, n)
-    names = [p.name for p in paths]
-    if len(names) < n:
-        raise DemoError(f"asr: {n} interval checkpoints to average, found {len(names)} in {d}")
-    if avg.is_file() and done.get("averaged") == names and not args.force:
+    if avg.is_file() and len(done.get("averaged", ())) == n and not args.force:
         return avg
-    try:
-        averaging.save_average(paths, avg)
-    except ImitKDError as e:  # a damaged checkpoint: one line, as every other stage's failure
-        raise DemoError(f"asr: averaging its checkpoints failed: {e}") from None
+    cmd = [_exe("imitkd-average-checkpoints"), "--inputs", d, "--num-update-checkpoints", n, "--output", avg]
+    proc = CHILDREN.run_decoding(cmd, args.threads)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()] or ["no output"]
+    names = re.fullmatch(r"averaged \d+ checkpoints \((.*)\) -> .*", lines[-1])
+    if proc.returncode != 0 or names is None:  # a damaged checkpoint, too few: one line, as every other stage's
+        raise DemoError(f"asr: averaging its checkpoints failed: {lines[-1].removeprefix('error: ')}")
+    names = names.group(1).split(", ")
     _write_json(d / "done.json", {**done, "averaged": names})
     clock.say(f"   [asr] averaged {', '.join(names)} -> {avg.name}")
     return avg
@@ -1264,7 +1262,11 @@ def _commit() -> str:
         return "unknown"
 
 
-def _machine() -> str:
+def _machine(args, P) -> str:
+    """The CPU, its cores, and what ``--expert-dtype/--rollout-dtype auto`` meant in the students' runs: read
+    from their logs (the expert's "runs on cpu in fp32 (--expert-dtype auto)"; rollouts resolve ``auto`` the
+    same way), so a run resumed on another machine says what its students trained with; the demo itself
+    never imports torch (that took ≈ 3–5 s of every report)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1273,10 +1275,10 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    import torch
-    from imitkd import precision
-
-    auto = precision.describe("auto", torch.device("cpu"))
+    auto = set()
+    for log in sorted((args.out / "students").glob("*/train.log")):
+        auto.update(re.findall(r" runs on \S+ in (.+?) \(--expert-dtype auto\)", log.read_text(errors="replace")))
+    auto = " and ".join(sorted(auto)) or "a precision its logs do not name"
     return f"{cpu}, {os.cpu_count()} cores, expert and rollouts in {auto} (`--expert-dtype/--rollout-dtype auto` here)"
 
 
@@ -1417,7 +1419,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         f"{expert_done.get('reached')} updates on {expert_pairs} text pairs.",
         "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct: how many "
         "different test translations a system produced.",
-        f"Run: commit {_commit()}, {_machine()}, {args.lanes} training runs at a time with {args.threads} thread(s) "
+        f"Run: commit {_commit()}, {_machine(args, P)}, {args.lanes} training runs at a time with {args.threads} thread(s) "
         f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json)"
         + (f"; earlier invocations in this output directory (where the stages it skipped ran): {earlier}."
            if earlier else "."),
@@ -1449,13 +1451,25 @@ def decoding_flags(decoding: str) -> str:
     return " ".join(beam_flags(**DECODINGS[decoding]))
 
 
+def _plain_module(name: str):
+    """``imitkd/<name>.py``, a module of plain Python, loaded without the package: importing ``imitkd``
+    imports fairseq and torch (≈ 5 s of a core), which the demo itself never needs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_imitkd_{name}", REPO / "imitkd" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
 def plot(args, P, results, path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from imitkd.beta import BetaSchedule
+    BetaSchedule = _plain_module("beta").BetaSchedule
 
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     ax = axes[0]
