@@ -445,6 +445,9 @@ def test_demo_end_to_end_ci(ddtp_ci, tmp_path, capsys):
     # the resumed report names the invocation that trained its table: its start, commit and wall time
     assert runs[0]["commit"] == runs[1]["commit"] != ""
     run_note = next(line for line in (out_dir / "results.md").read_text().splitlines() if line.startswith("* Run:"))
+    # ... and what --expert-dtype/--rollout-dtype auto meant in its students' runs (read from their logs)
+    auto = re.search(r"expert and rollouts in (\S+) \(`--expert-dtype/--rollout-dtype auto` here\)", run_note)
+    assert auto and f" runs on cpu in {auto[1]} (--expert-dtype auto)" in (students / "word_kd" / "train.log").read_text()
     assert (f"earlier invocations in this output directory (where the stages it skipped ran): {runs[0]['started']} "
             f"(commit {runs[0]['commit']}, {demo_module().fmt_time(runs[0]['total_seconds'])} wall).") in run_note
 
