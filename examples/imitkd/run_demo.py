@@ -1266,7 +1266,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def _machine(args, P) -> str:
+def _machine(args) -> str:
     """The CPU, its cores, and what ``--expert-dtype/--rollout-dtype auto`` meant in the students' runs: read
     from their logs (the expert's "runs on cpu in fp32 (--expert-dtype auto)"; rollouts resolve ``auto`` the
     same way), so a run resumed on another machine says what its students trained with; the demo itself
@@ -1423,7 +1423,7 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         f"{expert_done.get('reached')} updates on {expert_pairs} text pairs.",
         "dev NLL: teacher-forced gold NLL of the dev set (the same measure for every criterion). distinct: how many "
         "different test translations a system produced.",
-        f"Run: commit {_commit()}, {_machine(args, P)}, {args.lanes} training runs at a time with {args.threads} thread(s) "
+        f"Run: commit {_commit()}, {_machine(args)}, {args.lanes} training runs at a time with {args.threads} thread(s) "
         f"each; {fmt_time(total_seconds)} wall in all for this invocation (stage times in timings.json)"
         + (f"; earlier invocations in this output directory (where the stages it skipped ran): {earlier}."
            if earlier else "."),
