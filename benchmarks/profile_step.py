@@ -75,25 +75,33 @@ def _is_static(owner, attr):
     return isinstance(inspect.getattr_static(owner, attr), staticmethod)
 
 
-def profile_mode(mode, o):
+def wrap_update_pieces(t: Timers) -> None:
+    """Timers around the functions an update calls (the rollout, its int8 packing, the expert, the KD loss
+    forward and backward, the criterion's forward, the optimizer's backward and step); the student's
+    encoder/decoder are timed per model (``Timers.hook``)."""
+    from fairseq.criterions import FairseqCriterion
+    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
+
     from imitkd import expert as expert_mod
     from imitkd import losses
     from imitkd.criterions import distillation
 
-    model, batches, update, _ = build(mode, o)
-    t = Timers(time.thread_time if o.clock == "cpu" else time.perf_counter)
-    t.hook(model.encoder, "student encoder (train)", "rollout: encoder")
-    t.hook(model.decoder, "student decoder (train)", "rollout: fairseq decoder calls")
     t.wrap(distillation, "student_rollout", "rollout")
     t.wrap(expert_mod.Expert, "scores", "expert")
     t.wrap(distillation, "kd_cross_entropy", "KD loss forward")
     t.wrap(losses._FusedKDCrossEntropy, "backward", "KD loss backward")
     t.wrap(precision, "quantise_int8", "rollout: int8 packing")
-    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
     t.wrap(FairseqOptimizer, "backward", "backward")
     t.wrap(FairseqOptimizer, "step", "optimizer step")
-    from fairseq.criterions import FairseqCriterion
     t.wrap(FairseqCriterion, "__call__", "criterion forward")
+
+
+def profile_mode(mode, o):
+    model, batches, update, _ = build(mode, o)
+    t = Timers(time.thread_time if o.clock == "cpu" else time.perf_counter)
+    t.hook(model.encoder, "student encoder (train)", "rollout: encoder")
+    t.hook(model.decoder, "student decoder (train)", "rollout: fairseq decoder calls")
+    wrap_update_pieces(t)
     per_update = []
     for i, sample in enumerate(batches):
         t.total.clear()

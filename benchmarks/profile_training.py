@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Where a real training run's time goes: ``imitkd-train`` with CPU-time timers around the pieces of an update.
 
-The same pieces as ``profile_step.py`` (student encoder's training forward, the rollout and its encoder pass,
-the expert, the KD loss, backward, optimizer step), but on the user's own data and flags, through fairseq's
+The same pieces as ``profile_step.py`` (``wrap_update_pieces``, and the student encoder's training forward
+and the rollout's encoder pass), but on the user's own data and flags, through fairseq's
 ``Trainer.train_step``. Prints one line at exit: the mean CPU ms per update of each piece (the main thread's
 CPU time, so with one thread other processes hardly change it), after ``--profile-skip`` warm-up updates::
 
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import imitkd.cli  # noqa: E402
-from profile_step import Timers  # noqa: E402
+from profile_step import Timers, wrap_update_pieces  # noqa: E402
 
 
 def main():
@@ -28,21 +28,11 @@ def main():
         i = sys.argv.index("--profile-skip")
         skip = int(sys.argv[i + 1])
         del sys.argv[i:i + 2]
-    from fairseq.criterions import FairseqCriterion
     from fairseq.models.speech_to_text import s2t_transformer
-    from fairseq.optim.fairseq_optimizer import FairseqOptimizer
     from fairseq.trainer import Trainer
 
-    from imitkd import expert
-    from imitkd.criterions import distillation
-
     t = Timers(time.thread_time)
-    t.wrap(distillation, "student_rollout", "rollout")
-    t.wrap(expert.Expert, "scores", "expert")
-    t.wrap(distillation, "kd_cross_entropy", "KD loss forward")
-    t.wrap(FairseqOptimizer, "backward", "backward")
-    t.wrap(FairseqOptimizer, "step", "optimizer step")
-    t.wrap(FairseqCriterion, "__call__", "criterion forward")
+    wrap_update_pieces(t)
     encoder_forward = s2t_transformer.S2TTransformerEncoder.forward
 
     def timed_encoder(self, *args, **kwargs):

@@ -22,7 +22,7 @@ def test_profile_training_times_the_pieces_of_real_updates(toy, tmp_path):
     assert line.startswith("PROFILE 4 updates"), line  # 6 updates, the first 2 skipped
     ms = ast.literal_eval(line.split(": ", 1)[1])
     for piece in ("update", "criterion forward", "rollout", "rollout: encoder", "expert", "KD loss forward",
-                  "student encoder (train)", "backward", "optimizer step"):
+                  "KD loss backward", "student encoder (train)", "backward", "optimizer step"):
         assert ms.get(piece, 0) > 0, (piece, ms)
     # nested pieces lie inside the ones around them
     assert ms["rollout: encoder"] < ms["rollout"] < ms["criterion forward"] < ms["update"]
