@@ -49,12 +49,14 @@ class Timers:
         finally:
             self.total[name] += self.clock() - t0
 
-    def wrap(self, owner, attr, name):
+    def wrap(self, owner, attr, name, eval_name=None):
+        """Time ``owner.attr`` as ``name``; with ``eval_name``, calls under ``no_grad`` count as that instead
+        (as ``hook`` splits a module's calls)."""
         fn = getattr(owner, attr)
         timers = self
 
         def timed(*args, **kwargs):
-            with timers(name):
+            with timers(name if eval_name is None or torch.is_grad_enabled() else eval_name):
                 return fn(*args, **kwargs)
 
         setattr(owner, attr, staticmethod(timed) if isinstance(owner, type) and _is_static(owner, attr) else timed)

@@ -16,8 +16,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-
 import imitkd.cli  # noqa: E402
 from profile_step import Timers, wrap_update_pieces  # noqa: E402
 
@@ -33,13 +31,7 @@ def main():
 
     t = Timers(time.thread_time)
     wrap_update_pieces(t)
-    encoder_forward = s2t_transformer.S2TTransformerEncoder.forward
-
-    def timed_encoder(self, *args, **kwargs):
-        with t("student encoder (train)" if torch.is_grad_enabled() else "rollout: encoder"):
-            return encoder_forward(self, *args, **kwargs)
-
-    s2t_transformer.S2TTransformerEncoder.forward = timed_encoder
+    t.wrap(s2t_transformer.S2TTransformerEncoder, "forward", "student encoder (train)", "rollout: encoder")
     train_step, updates = Trainer.train_step, [0]
 
     def counted(self, *args, **kwargs):
