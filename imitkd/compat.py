@@ -20,6 +20,10 @@
 5. fairseq's batch-prefetching daemon threads are stopped at exit (``imitkd.prefetch_exit``): otherwise a
    finished run sporadically aborts during interpreter shutdown ("terminate called without an active
    exception", exit -6).
+6. Features stored as float16 (the data tools' ``--feature-dtype float16``) are read as float32: fairseq
+   hands the stored array to its feature transforms as it is, and ``utterance_cmvn`` sums squares in the
+   array's dtype, which overflows float16 from ≈ 300 frames on (inf/NaN features: an ASR run stopped with
+   "gradients are Nan/Inf" at its first update; decoding failed with fairseq's "assert step < max_len").
 Each patch is idempotent.
 """
 import contextlib
@@ -62,6 +66,17 @@ def _keep_last_batch(batch_by_size):
     return wrapper
 
 
+def _float32_features(read):
+    """Wrap a fairseq feature reader so that a float16 array comes back as float32 (fix 6)."""
+    @functools.wraps(read)
+    def wrapper(*args, **kwargs):
+        out = read(*args, **kwargs)
+        return out.astype(np.float32) if isinstance(out, np.ndarray) and out.dtype == np.float16 else out
+
+    wrapper._imitkd_float32 = True
+    return wrapper
+
+
 @contextlib.contextmanager
 def keep_root_logging():
     """Undo the root-logger handlers and level that the imports inside the block add (fix 4)."""
@@ -91,4 +106,8 @@ def apply():
     if not getattr(data_utils.batch_by_size, "_imitkd_keeps_last_batch", False):
         data_utils.batch_by_size = _keep_last_batch(data_utils.batch_by_size)
     audio_utils.get_fbank = fbank_from_file
+    # the two readers get_features_or_waveform calls (through audio_utils' globals, so every importer of it)
+    for name in ("get_features_from_npy_or_audio", "get_features_or_waveform_from_stored_zip"):
+        if not getattr(getattr(audio_utils, name), "_imitkd_float32", False):
+            setattr(audio_utils, name, _float32_features(getattr(audio_utils, name)))
     prefetch_exit.install()

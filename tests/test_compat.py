@@ -49,6 +49,47 @@ def test_raw_audio_manifest_gives_kaldi_fbank(tmp_path):
     assert np.isfinite(feats).all() and feats.std() > 1.0  # a real spectrum, not a floor
 
 
+def test_float16_features_reach_the_transforms_as_float32(tmp_path):
+    """Features stored as float16 (FeatureStore, as the data tools' --feature-dtype float16 stores them): fairseq
+    gave the float16 array to utterance_cmvn, whose sum of squares overflows in float16 for an utterance of a
+    few seconds (here: inf/NaN model input). Read as float32, the dataset's item equals the float32-stored
+    features' item to within float16's rounding."""
+    import fairseq.data.audio.audio_utils as audio_utils
+    from fairseq.data import Dictionary
+    from fairseq.data.audio.data_cfg import S2TDataConfig
+    from fairseq.data.audio.feature_transforms.utterance_cmvn import UtteranceCMVN
+    from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDatasetCreator
+
+    from imitkd_data.data_config import write_config
+    from imitkd_data.feature_store import FeatureStore
+
+    sr = 16000
+    t = np.arange(5 * sr) / sr  # 5 s: a rising tone in noise, ~500 frames
+    wav = 0.3 * np.sin(2 * np.pi * 200 * t * (1 + 0.3 * t)) + 0.05 * np.random.default_rng(0).normal(size=t.size)
+    feats = kaldi_fbank((wav * 32768).astype(np.float32), sr)
+    items = {}
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        store = FeatureStore(out)
+        store.save("u0", feats, dtype)
+        audio, n_frames = store.pack(progress=False)["u0"]
+        (out / "test.tsv").write_text(f"id\taudio\tn_frames\ttgt_text\tspeaker\nu0\t{audio}\t{n_frames}\ta\ts\n")
+        (out / "dict.txt").write_text("a 1\n")
+        cfg = S2TDataConfig(write_config(out, "dict.txt", cmvn="utterance", audio_root=out))
+        ds = SpeechToTextDatasetCreator.from_tsv(str(out), cfg, "test", Dictionary.load(str(out / "dict.txt")), None,
+                                                 None, is_train_split=False, epoch=1, seed=1)
+        items[dtype] = ds[0].source
+    # the failure the fix prevents: the stored float16 array through utterance_cmvn, as fairseq read it
+    path, offset, length = (tmp_path / "float16" / audio.split(":")[0]), *map(int, audio.split(":")[1:])
+    raw = audio_utils.get_features_or_waveform_from_stored_zip.__wrapped__(str(path), offset, length)
+    assert raw.dtype == np.float16
+    with np.errstate(all="ignore"):
+        assert not np.allclose(UtteranceCMVN()(raw).astype(np.float32), items["float32"].numpy(), atol=0.1)
+    assert items["float16"].dtype == torch.float32 and torch.isfinite(items["float16"]).all()
+    assert items["float16"].shape == (feats.shape[0], 80) and feats.shape[0] > 400
+    torch.testing.assert_close(items["float16"], items["float32"], rtol=0, atol=0.05)
+
+
 def test_import_leaves_the_programs_logging_alone():
     """fairseq's wav2vec2_classification calls logging.basicConfig(level=DEBUG) on import; after `import imitkd`
     a program that configured nothing still has an unconfigured root logger (no DEBUG flood on stderr), and
