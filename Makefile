@@ -13,10 +13,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# espeak-ng (Debian main) synthesises the demo/test speech
+# espeak-ng (Debian main) synthesises the demo/test speech; flite (Debian main) the test sentences of
+# test_unseen_engine (speech from a synthesiser that no training utterance comes from)
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { echo "installing espeak-ng (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v flite >/dev/null 2>&1 || { echo "installing flite (Debian package)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null; }; }
 	@test -f /usr/share/dict/american-english || { echo "installing wamerican (Debian word list: the demo's plain-English filter)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wamerican >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wamerican >/dev/null; }; }
 

@@ -175,6 +175,39 @@ def test_train_voices_many_changes_only_the_train_splits(selection, translations
         build(Path("/nonexistent/never-created"), size="ci", train_voices="all")
 
 
+def test_unseen_engine_adds_flite_splits_and_changes_nothing_else(selection, translations, monkeypatch):
+    """``unseen_engine="flite"``: dev_unseen_engine/test_unseen_engine hold the dev/test sentences spoken by flite's
+    voices (none in any espeak-ng pool); every other split's plan stays bit for bit (earlier corpora keep their
+    features and parameters). flite's speech is real and deterministic, and unlike espeak-ng's for the same
+    sentence; a missing flite or an unknown engine is a one-line BuildError naming the fix."""
+    sel, _ = selection
+    plain, engine = speech.plan_utterances(sel, 1), speech.plan_utterances(sel, 1, unseen_engine="flite")
+    assert set(engine) - set(plain) == set(speech.UNSEEN_ENGINE_SPLITS)
+    assert all(engine[s] == plain[s] for s in plain)
+    voices = set(speech.UNSEEN_ENGINE_VOICES["flite"])
+    for split, source in speech.UNSEEN_ENGINE_SPLITS.items():
+        assert [(u.src_text, u.tgt_text) for u in engine[split]] == [(u.src_text, u.tgt_text) for u in plain[source]]
+        assert {u.voice for u in engine[split]} <= voices and {speech.engine_of(u.voice) for u in engine[split]} == {"flite"}
+    assert len({u.voice for s in speech.UNSEEN_ENGINE_SPLITS for u in engine[s]}) >= 3  # 40 draws from 4
+    speech.check_voices(tuple(voices))
+    spec = engine["test_unseen_engine"][0]
+    feats = speech.render(spec)
+    np.testing.assert_array_equal(feats, speech.render(spec))
+    assert feats.shape[1] == 80 and np.isfinite(feats).all() and feats.std() > 1.0
+    assert 30 <= feats.shape[0] <= 2000  # 0.3-20 s for 3-12 words
+    espeak = speech.render(plain["test"][0])
+    assert spec.src_text == plain["test"][0].src_text and feats.shape != espeak.shape
+    params = lambda e: provenance.build_params(size="ci", seed=1, counts=None, feature_dtype="float32", text_sha="x",
+                                               spm_vocab_size=None, spm_type="unigram", unseen_engine=e)
+    assert "unseen_engine" not in params(None) and params("flite")["unseen_engine"] == "flite"
+    from imitkd_data.ddtp.corpus import build
+    with pytest.raises(BuildError, match="unknown unseen_engine 'festival'"):
+        build(Path("/nonexistent/never-created"), size="ci", unseen_engine="festival")
+    monkeypatch.setattr(speech.shutil, "which", lambda exe: None if exe == "flite" else "/usr/bin/" + exe)
+    with pytest.raises(BuildError, match=r"flite not found: run `apt-get install -y flite`"):
+        speech.check_voices(("flite:awb",))
+
+
 def test_features(ddtp_ci, manifests):
     from fairseq.data.audio.audio_utils import get_features_or_waveform
 

@@ -261,6 +261,23 @@ def ddtp_ci(tmp_path_factory):
         pytest.fail(str(e), pytrace=False)
 
 
+def test_evaluation_splits_follow_the_preset_and_the_corpus(tmp_path):
+    """test_unseen_engine (the test sentences by flite, which no training utterance comes from) is scored where the
+    preset names an unseen_engine (small, medium) or a --corpus has it; --no-unseen scores test alone."""
+    demo = demo_module()
+    P = demo.PRESETS
+    splits = lambda size, corpus=None, no_unseen=False: demo.evaluation_splits(  # noqa: E731
+        SimpleNamespace(corpus=corpus, no_unseen=no_unseen), P[size])
+    assert splits("small") == splits("medium") == ("test", "test_unseen", "test_unseen_engine")
+    assert splits("ci") == ("test", "test_unseen") and splits("small", no_unseen=True) == ("test",)
+    (tmp_path / "test_unseen.tsv").write_text("")
+    assert splits("small", corpus=tmp_path) == ("test", "test_unseen")
+    (tmp_path / "test_unseen_engine.tsv").write_text("")
+    assert splits("ci", corpus=tmp_path) == ("test", "test_unseen", "test_unseen_engine")
+    (tmp_path / "test_unseen.tsv").unlink()
+    assert splits("small", corpus=tmp_path) == ("test",)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_ci(ddtp_ci, tmp_path, capsys):
     out_dir = tmp_path / "demo"

@@ -34,7 +34,9 @@ cores, without a GPU or any download but Debian's package index:
    ``student_select`` "bleu", the best of that dev BLEU;
 6. **evaluation**: each student decodes ``dev`` with every decoding of ``--decodings`` (beam 5, beam 5
    with length penalty 2, greedy) and is scored on ``test`` and ``test_unseen`` (the same sentences
-   spoken by held-out voices) with the one that has its best dev BLEU, and with beam 5 for reference;
+   spoken by held-out voices) and, where the preset's ``unseen_engine`` is set, ``test_unseen_engine``
+   (the same sentences spoken by another synthesiser, flite, that no training utterance comes from)
+   with the one that has its best dev BLEU, and with beam 5 for reference;
    detokenized sacreBLEU and chrF, distinct outputs, paired-bootstrap p-values (sacrebleu, 1000
    resamples) of every method against NLL and of ImitKD-full against word-KD, under the chosen decodings
    and, on test, with every student under beam 5 (a comparison without any choice made on dev);
@@ -96,6 +98,7 @@ DATASET_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.
 CTC_SCRIPT = REPO / "examples" / "imitkd" / "ctc_transcribe.py"
 VENV_BIN = Path(sys.executable).parent
 TEST_SPLITS = ("test", "test_unseen")
+ENGINE_SPLIT = "test_unseen_engine"  #: the test sentences by another synthesiser (the preset's unseen_engine)
 ALL_PAIRS = -1  #: expert_text_pairs: the whole DDTP train pool
 #: how a student may decode (fairseq-generate --beam/--lenpen); every one in --decodings is tried on dev
 #: and the one with the best dev BLEU (the first on a tie) decodes test. ImitKD trains on the student's
@@ -144,7 +147,7 @@ PRESETS = {
         student_updates=60, student_lr=2e-3, student_warmup=20, student_ctc_weight=0.3, student_max_tokens=20000,
         encoder_freezing=10, student_select="bleu",
         beta_hold=0, transcribe_beam=1, joint_beam=2, joint_ctc_weight=0.5, joint_length_bonus=1.0, log_interval=10,
-        validate_every=50,
+        validate_every=50, unseen_engine=None,
     ),
     # chosen on dev (examples/imitkd/RESULTS.md): the ASR model and the expert train side by side for at most their
     # updates or stop_hours (whichever comes first); every student gets the same fixed updates; β is
@@ -176,7 +179,7 @@ PRESETS = {
         student_updates=1000, student_lr=2e-3, student_warmup=200, student_ctc_weight=0.3, student_max_tokens=10000,
         encoder_freezing=200, student_select="bleu",
         beta_hold=500, transcribe_beam=4, joint_beam=32, joint_ctc_weight=0.5, joint_length_bonus=1.5,
-        log_interval=50, validate_every=200,
+        log_interval=50, validate_every=200, unseen_engine="flite",
     ),
 }
 # the small corpus and models with about three times the compute (no time caps, so the result does not depend
@@ -607,15 +610,22 @@ def stage_corpus(args, P, clock) -> Path:
             if (m.get("size") == P["corpus"] and m.get("seed") == args.seed
                     and (m.get("spm") or {}).get("requested_size") == P["spm_vocab_size"]
                     and (m.get("params") or {}).get("counts", {}) == (corpus_counts(P) or {})
-                    and (m.get("params") or {}).get("train_voices", "seen") == P["train_voices"]):
+                    and (m.get("params") or {}).get("train_voices", "seen") == P["train_voices"]
+                    and (m.get("params") or {}).get("unseen_engine") in (None, P["unseen_engine"])):
+                # (a corpus built before the unseen-engine split is reused as it is: the evaluation leaves it out)
                 st.skip(f"{corpus} exists (size {P['corpus']}); --rebuild-corpus to re-synthesise")
             else:
                 if shutil.which("espeak-ng") is None:
                     raise DemoError("espeak-ng not found: run `apt-get install -y espeak-ng` (it speaks the corpus)")
+                if P["unseen_engine"] and shutil.which(P["unseen_engine"]) is None:
+                    raise DemoError(f"{P['unseen_engine']} not found: run `apt-get install -y {P['unseen_engine']}` (it "
+                                    f"speaks {ENGINE_SPLIT}, the test sentences by a synthesiser no training utterance "
+                                    "comes from)")
                 clock.say(f"   building DDTP-ST size={P['corpus']} (espeak-ng + fbank, {args.workers} workers) in {corpus}")
                 try:
                     build(corpus, size=P["corpus"], seed=args.seed, workers=args.workers, counts=corpus_counts(P),
-                          train_voices=P["train_voices"], spm_vocab_size=P["spm_vocab_size"],
+                          train_voices=P["train_voices"], unseen_engine=P["unseen_engine"],
+                          spm_vocab_size=P["spm_vocab_size"],
                           overwrite=args.rebuild_corpus, progress=not args.quiet)
                 except ParamsMismatch as e:
                     raise DemoError(f"{e} (or pass --rebuild-corpus)") from None
@@ -624,8 +634,21 @@ def stage_corpus(args, P, clock) -> Path:
                 if not args.force and any((args.out / d).exists() for d in ("asr", "expert", "students", "eval")):
                     clock.say("   the corpus was (re)built: the models and evaluations after it are redone")
                     args.force = True
+        if ENGINE_SPLIT in args.splits and not (corpus / f"{ENGINE_SPLIT}.tsv").is_file():
+            clock.say(f"   {corpus} has no {ENGINE_SPLIT} (built before it): not evaluated (--rebuild-corpus adds it)")
+            args.splits = tuple(s for s in args.splits if s != ENGINE_SPLIT)
         write_asr_manifests(corpus, (*dev_unseen_split(args, corpus), *args.splits))
         return corpus
+
+
+def evaluation_splits(args, P) -> tuple:
+    """The splits every student is scored on: test; test_unseen unless --no-unseen (and a --corpus has it);
+    ``ENGINE_SPLIT`` too where the preset has an ``unseen_engine`` (or the --corpus has that split). A corpus
+    of the demo's own built before that split is found to lack it later (``stage_corpus`` drops it then)."""
+    if args.no_unseen or (args.corpus and not (Path(args.corpus) / "test_unseen.tsv").is_file()):
+        return ("test",)
+    engine = (Path(args.corpus) / f"{ENGINE_SPLIT}.tsv").is_file() if args.corpus else bool(P["unseen_engine"])
+    return (*TEST_SPLITS, ENGINE_SPLIT) if engine else TEST_SPLITS
 
 
 def dev_unseen_split(args, corpus: Path):
@@ -1405,7 +1428,9 @@ def write_report(args, P, corpus, results, students, evals, wer, pvalues, total_
         + (f"; the mean of its checkpoints {', '.join(asr_done['averaged'])}." if asr_done.get("averaged") else "."),
         "Paired bootstrap (sacrebleu, 1000 resamples) on BLEU: " + ("; ".join(extra) if extra else "–") + ".",
         f"DDTP-ST en→de, corpus size {P['corpus']}: {n_train} training utterances, {n_test} test utterances "
-        f"(test_unseen: the same sentences, held-out voices); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
+        f"(test_unseen: the same sentences, held-out voices"
+        + (f"; {ENGINE_SPLIT}: the same sentences, spoken by flite, a synthesiser no training utterance comes from"
+           if ENGINE_SPLIT in splits else "") + f"); joint sentencepiece vocabulary of {P['spm_vocab_size']}.",
         f"Students and ASR: s2t_transformer {P['enc_layers']}+{P['dec_layers']} layers, d={P['dim']}, conv "
         f"{P['conv_kernels']}; students {P['student_updates']} updates each (batches of ≤{P['student_max_tokens']} frames), "
         f"encoder from the ASR model, frozen for {P['encoder_freezing']} updates, CTC weight "
@@ -1545,7 +1570,7 @@ def get_parser():
     for flag in ("expert-updates", "asr-updates", "student-updates", "expert-text-pairs", "beta-hold", "asr-extra"):
         p.add_argument(f"--{flag}", type=int, help=f"override the preset's {flag.replace('-', '_')}")
     p.add_argument("--specaugment", action="store_true", help="train the speech models with the corpus' SpecAugment")
-    p.add_argument("--no-unseen", action="store_true", help="evaluate on test only (not test_unseen)")
+    p.add_argument("--no-unseen", action="store_true", help=f"evaluate on test only (not test_unseen, {ENGINE_SPLIT})")
     p.add_argument("--max-len", type=int, default=200, help="longest hypothesis in tokens (default 200)")
     p.add_argument("--decodings", default=",".join(DECODINGS),
                    help="comma-separated decodings each student tries on dev; test uses its best "
@@ -1605,9 +1630,7 @@ def main(argv=None) -> int:
         return 2
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    args.splits = ("test",) if args.no_unseen else TEST_SPLITS
-    if args.corpus and not args.no_unseen and not (Path(args.corpus) / "test_unseen.tsv").is_file():
-        args.splits = ("test",)
+    args.splits = evaluation_splits(args, P)
     clock = Clock()
     _commit()  # the code this invocation runs: queried now, so an edit while it trains does not enter its record
     clock.say(f"ImitKD demo: size {args.size}, output {args.out}, {args.lanes} lanes × {args.threads} thread(s)")

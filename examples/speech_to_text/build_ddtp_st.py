@@ -26,6 +26,10 @@ What it does
    spoken by 90 voices instead (the 6 seen accents × 15 espeak-ng variants, the 8 seen voices among them;
    dev/test unchanged). ``UNSEEN_VOICES`` (2, accents and variants not used in training) only for the
    extra splits ``dev_unseen`` / ``test_unseen``, which hold the *same sentences* as dev/test spoken by a held-out voice (compare dev vs dev_unseen for speaker robustness).
+   With ``--unseen-engine flite`` the same sentences are also spoken by another synthesiser, ``flite``
+   (Debian main; ``apt-get install -y flite``; its voices awb, rms, slt, kal16; the planned rate becomes its
+   ``duration_stretch``): ``dev_unseen_engine`` / ``test_unseen_engine``, for robustness to speech unlike
+   every training utterance (models trained on espeak-ng alone transcribe it at ≈ 100 % WER).
    All random choices derive from (seed, utterance id): the build is deterministic given ``--seed``
    (and the Translation files and espeak-ng version, which MANIFEST.json records).
 3. **Features.** 80-dim Kaldi fbank through ``imitkd_data`` (same code as prep_s2t_data.py for MuST-C/CoVoST):
@@ -40,6 +44,8 @@ Output layout (``--out-dir``)::
     fbank80.zip                         features, <id>.npy members (ZIP_STORED)
     train.tsv dev.tsv test.tsv          fairseq S2T manifests: id audio n_frames tgt_text speaker src_text
     dev_unseen.tsv test_unseen.tsv      same sentences as dev/test, held-out voices (speaker = voice)
+    dev_unseen_engine.tsv test_unseen_engine.tsv
+                                        with --unseen-engine flite: same sentences, flite's voices
     train_asr_extra.tsv                 with --asr-extra N: English-only utterances (train voices) of train
                                         packages, tgt_text = src_text = the transcript (for an ASR stage);
                                         their text in text/train_asr_extra.en
@@ -72,7 +78,7 @@ import sys
 from pathlib import Path
 
 from imitkd_data.ddtp.corpus import build
-from imitkd_data.ddtp.speech import TRAIN_VOICES
+from imitkd_data.ddtp.speech import TRAIN_VOICES, UNSEEN_ENGINE_VOICES
 from imitkd_data.ddtp.text import ASR_EXTRA, SIZES
 from imitkd_data.errors import DataPrepError
 
@@ -91,12 +97,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-voices", default="seen", choices=list(TRAIN_VOICES),
                    help="voices of train/train_asr_extra: 'seen' (the 8 of dev/test) or 'many' (6 accents × 15 "
                         "variants, the seen 8 among them); dev/test keep the seen voices (default seen)")
+    p.add_argument("--unseen-engine", choices=list(UNSEEN_ENGINE_VOICES),
+                   help="also dev_unseen_engine/test_unseen_engine: the dev/test sentences spoken by this synthesiser "
+                        "(default: none)")
     p.add_argument("--spm-vocab-size", type=int, help="also train a joint en+de sentencepiece model of this size + dict.txt + config.yaml")
     p.add_argument("--spm-type", default="unigram", choices=["unigram", "bpe"], help="joint sentencepiece model type")
     p.add_argument("--translations-dir", type=Path, help="use Translation-en/-de from this dir (no apt-get update)")
     p.add_argument("--cache-dir", type=Path, help="where apt lists and Translation files are cached (default <out>/apt)")
     p.add_argument("--refresh", action="store_true", help="re-run apt-get update even if Translation files are cached")
-    p.add_argument("--install-deps", action="store_true", help="apt-get install -y espeak-ng if it is missing")
+    p.add_argument("--install-deps", action="store_true",
+                   help="apt-get install -y espeak-ng (and flite with --unseen-engine flite) if it is missing")
     p.add_argument("--save-audio", action="store_true", help="also keep the 16 kHz audio as flac/<id>.flac")
     p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"], help="dtype of stored features")
     p.add_argument("--keep-npy", action="store_true", help="keep fbank80/<id>.npy after packing the zip")
@@ -118,7 +128,7 @@ def main(argv=None) -> int:
             refresh=args.refresh, install_deps=args.install_deps, save_audio=args.save_audio,
             feature_dtype=args.feature_dtype, keep_npy=args.keep_npy, overwrite=args.overwrite,
             counts={ASR_EXTRA: args.asr_extra} if args.asr_extra else None, train_voices=args.train_voices,
-            progress=not args.no_progress,
+            unseen_engine=args.unseen_engine, progress=not args.no_progress,
         )
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

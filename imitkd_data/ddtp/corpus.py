@@ -21,8 +21,8 @@ from ..pool import map_with_progress
 from ..vocab import train_spm, write_fairseq_dict
 from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
-from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_VOICES, UttSpec, check_voices, espeak_version,
-                     install_espeak, plan_utterances, utt_job)
+from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_ENGINE_VOICES, UNSEEN_VOICES, UttSpec, check_voices,
+                     espeak_version, flite_version, install_espeak, plan_utterances, utt_job)
 from .text import ASR_EXTRA, BASE_SPLITS, SIZES, Pair, select_text
 
 logger = logging.getLogger("build_ddtp_st")
@@ -46,6 +46,7 @@ def build(
     overwrite: bool = False,
     counts: Optional[Dict[str, int]] = None,
     train_voices: str = "seen",
+    unseen_engine: Optional[str] = None,
     progress: bool = True,
 ) -> Path:
     """Build (or finish, or verify) the corpus in ``out_dir``; returns ``out_dir`` as a Path.
@@ -54,7 +55,9 @@ def build(
     are fetched into ``cache_dir`` (default ``<out_dir>/apt``) once and reused. ``counts`` overrides
     the split sizes of ``size`` (e.g. ``{"train": 50}``; ``{"train_asr_extra": N}`` adds N English-only
     utterances for the ASR stage, ``text.ASR_EXTRA``). ``train_voices`` (``speech.TRAIN_VOICES``: ``seen`` or
-    ``many``) names the voices of the train splits; dev/test keep the seen voices. Re-running with the same
+    ``many``) names the voices of the train splits; dev/test keep the seen voices. ``unseen_engine``
+    (``speech.UNSEEN_ENGINE_VOICES``: ``flite``) adds dev_unseen_engine/test_unseen_engine, the dev/test
+    sentences spoken by that synthesiser (needs it installed; ``install_deps`` installs it). Re-running with the same
     arguments only does what is missing; different arguments on an existing build need ``overwrite=True``.
     """
     started = time.time()
@@ -62,6 +65,8 @@ def build(
         raise BuildError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
     if train_voices not in TRAIN_VOICES:
         raise BuildError(f"unknown train_voices {train_voices!r} (choose from {', '.join(TRAIN_VOICES)})")
+    if unseen_engine is not None and unseen_engine not in UNSEEN_ENGINE_VOICES:
+        raise BuildError(f"unknown unseen_engine {unseen_engine!r} (choose from {', '.join(UNSEEN_ENGINE_VOICES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     translations = _translations(out_dir, translations_dir, cache_dir, refresh)
@@ -70,18 +75,21 @@ def build(
     text, pools = select_text(translations, size, seed, counts)
     params = build_params(size=size, seed=seed, counts=counts, feature_dtype=feature_dtype,
                           text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type,
-                          train_voices=train_voices)
+                          train_voices=train_voices, unseen_engine=unseen_engine)
     if not overwrite and is_complete(out_dir, params):
         logger.info("%s is complete and verified; nothing to do", out_dir)
         return out_dir
 
-    if shutil.which("espeak-ng") is None and install_deps:
-        install_espeak()
+    for exe, needed in (("espeak-ng", True), ("flite", bool(unseen_engine))):
+        if needed and shutil.which(exe) is None and install_deps:
+            install_espeak(exe)
     version = espeak_version()
-    check_voices(tuple(dict.fromkeys(SEEN_VOICES + TRAIN_VOICES[train_voices] + UNSEEN_VOICES)))
-    _claim(out_dir, params, version, overwrite)
+    engine_voices = UNSEEN_ENGINE_VOICES[unseen_engine] if unseen_engine else ()
+    check_voices(tuple(dict.fromkeys(SEEN_VOICES + TRAIN_VOICES[train_voices] + UNSEEN_VOICES + engine_voices)))
+    engine_version = flite_version() if unseen_engine else None
+    _claim(out_dir, params, version, overwrite, engine_version)
 
-    plan = plan_utterances(text, seed, train_voices)
+    plan = plan_utterances(text, seed, train_voices, unseen_engine)
     _write_text(out_dir / "text", text, plan)
     splits = _speech(out_dir, plan, workers=workers, feature_dtype=feature_dtype, save_audio=save_audio,
                      keep_npy=keep_npy, progress=progress)
@@ -95,7 +103,7 @@ def build(
         outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
     write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
                         apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
-                        feature_dtype=feature_dtype, spm=spm_info, outputs=outputs)
+                        feature_dtype=feature_dtype, spm=spm_info, outputs=outputs, flite_version=engine_version)
     logger.info("built %s in %.1f s: %s", out_dir, time.time() - started, {s: v["pairs"] for s, v in splits.items()})
     return out_dir
 
@@ -112,9 +120,10 @@ def _translations(out_dir: Path, translations_dir: Optional[Path], cache_dir: Op
     return translations
 
 
-def _claim(out_dir: Path, params: dict, espeak_version: str, overwrite: bool) -> None:
+def _claim(out_dir: Path, params: dict, espeak_version: str, overwrite: bool,
+           flite_version: Optional[str] = None) -> None:
     """Record in ``build_params.json`` what the features in ``out_dir`` are made with (``overwrite``: after
-    discarding an earlier build); features of other parameters or espeak-ng versions must not mix."""
+    discarding an earlier build); features of other parameters or synthesiser versions must not mix."""
     state = out_dir / STATE
     if overwrite:
         for name in ("fbank80", "flac"):
@@ -123,6 +132,8 @@ def _claim(out_dir: Path, params: dict, espeak_version: str, overwrite: bool) ->
             p.unlink(missing_ok=True)
     feature_params = {k: v for k, v in params.items() if k != "spm"}
     feature_params["espeak_ng_version"] = espeak_version
+    if flite_version:
+        feature_params["flite_version"] = flite_version
     if state.is_file() and json.loads(state.read_text()) != feature_params:
         raise ParamsMismatch(
             f"{out_dir} holds a build with other parameters ({state}); use a fresh --out-dir or --overwrite"

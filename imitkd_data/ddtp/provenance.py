@@ -16,7 +16,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .. import atomic
-from .speech import GAIN, PITCH, RATE, SAMPLE_RATE, SEEN_VOICES, SNR_DB, TRAIN_SPLITS, TRAIN_VOICES, UNSEEN_VOICES
+from .speech import (GAIN, PITCH, RATE, SAMPLE_RATE, SEEN_VOICES, SNR_DB, TRAIN_SPLITS, TRAIN_VOICES, UNSEEN_ENGINE_SPLITS,
+                     UNSEEN_ENGINE_VOICES, UNSEEN_VOICES)
 from .text import SIZES, SPLIT_RULE, WORD_LIST, Pair
 
 #: bump when the same parameters would give other outputs (a cached corpus is then rebuilt)
@@ -40,15 +41,19 @@ def text_sha256(text: Dict[str, List[Pair]]) -> str:
 
 
 def build_params(*, size: str, seed: int, counts: Optional[Dict[str, int]], feature_dtype: str, text_sha: str,
-                 spm_vocab_size: Optional[int], spm_type: str, train_voices: str = "seen") -> dict:
+                 spm_vocab_size: Optional[int], spm_type: str, train_voices: str = "seen",
+                 unseen_engine: Optional[str] = None) -> dict:
     """What a build's outputs depend on (MANIFEST.json ``params``); all but ``spm`` also fix the features.
-    ``train_voices`` is recorded only when it is not ``seen``, so earlier builds keep their parameters."""
+    ``train_voices`` is recorded only when it is not ``seen`` and ``unseen_engine`` only when set, so earlier
+    builds keep their parameters."""
     params = dict(
         builder_version=BUILDER_VERSION, size=size, seed=seed, counts=counts or {}, feature_dtype=feature_dtype,
         seen_voices=list(SEEN_VOICES), unseen_voices=list(UNSEEN_VOICES), text_sha256=text_sha,
     )
     if train_voices != "seen":
         params["train_voices"] = train_voices
+    if unseen_engine:
+        params["unseen_engine"] = unseen_engine
     params["spm"] = dict(vocab_size=spm_vocab_size, type=spm_type) if spm_vocab_size else None
     return params
 
@@ -90,10 +95,12 @@ def _versions() -> dict:
 
 def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, started: float, inputs: dict,
                         apt_source: Optional[dict], espeak_version: str, pools: Dict[str, int], splits: dict,
-                        feature_dtype: str, spm: Optional[dict], outputs: List[str]) -> None:
+                        feature_dtype: str, spm: Optional[dict], outputs: List[str],
+                        flite_version: Optional[str] = None) -> None:
     """Write ``MANIFEST.json`` (atomically): provenance of the build, the sha256 of every file in ``outputs``.
     ``started``: ``time.time()`` at the start of the build; ``splits``: per-split pairs/hours/voices."""
     train_voices = params.get("train_voices", "seen")  # build_params records it only when not "seen"
+    engine = params.get("unseen_engine")
     manifest = dict(
         name="DDTP-ST en-de",
         builder="examples/speech_to_text/build_ddtp_st.py",
@@ -105,7 +112,9 @@ def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, st
         inputs=inputs,
         apt_source=apt_source,
         espeak_ng_version=espeak_version,
+        **({"flite_version": flite_version} if engine else {}),
         voices=dict(seen=list(SEEN_VOICES), unseen=list(UNSEEN_VOICES),
+                    **({"unseen_engine": list(UNSEEN_ENGINE_VOICES[engine])} if engine else {}),
                     **({} if train_voices == "seen" else {"train": dict(pool=train_voices, splits=list(TRAIN_SPLITS),
                                                                          voices=list(TRAIN_VOICES[train_voices]))})),
         synthesis=dict(rate=list(RATE), pitch=list(PITCH), peak_gain=list(GAIN), snr_db=list(SNR_DB),
@@ -115,7 +124,8 @@ def write_manifest_json(out_dir: Path, *, size: str, seed: int, params: dict, st
                   plain_words=(dict(word_list=WORD_LIST, sha256=sha256_file(Path(WORD_LIST)))
                                if SIZES[size].get("plain") else False), split_rule=SPLIT_RULE,
                   dedup="masked skeleton of the English side", pool_sizes=pools,
-                  unseen_splits="dev_unseen/test_unseen = dev/test sentences spoken by held-out voices"),
+                  unseen_splits="dev_unseen/test_unseen = dev/test sentences spoken by held-out voices"
+                  + (f"; {'/'.join(UNSEEN_ENGINE_SPLITS)} = by {engine}" if engine else "")),
         splits=splits,
         features=dict(kind="80-dim Kaldi fbank (kaldi-native-fbank via imitkd_data.features)", dtype=feature_dtype,
                       file="fbank80.zip", frame_shift_ms=10),

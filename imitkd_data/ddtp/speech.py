@@ -6,6 +6,9 @@ Voices: ``SEEN_VOICES`` for dev/test, ``TRAIN_VOICES[train_voices]`` for train a
 ``train_asr_extra`` (whose target is the transcript): ``"seen"`` is ``SEEN_VOICES`` again, ``"many"`` the six
 seen accents × 15 variants (the seen voices among them). ``UNSEEN_VOICES`` only speak ``dev_unseen``/
 ``test_unseen`` (the dev/test sentences by held-out voices); their accents and variants are in no pool.
+With ``unseen_engine="flite"`` the dev/test sentences are also spoken by another synthesiser, flite (Debian
+main; its four English voices, none in any pool): ``dev_unseen_engine``/``test_unseen_engine``. A voice
+``"flite:<name>"`` is flite's; flite takes the planned rate as ``duration_stretch`` = 175 / rate and no pitch.
 """
 import io
 import logging
@@ -14,9 +17,10 @@ import random
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -41,6 +45,10 @@ TRAIN_VOICES = {
 }
 TRAIN_SPLITS = ("train", ASR_EXTRA)  #: the splits that ``train_voices`` speaks
 UNSEEN_SPLITS = {"dev_unseen": "dev", "test_unseen": "test"}
+#: ``unseen_engine``: the voices of another synthesiser, which speak the dev/test sentences in these splits
+UNSEEN_ENGINE_VOICES = {"flite": ("flite:awb", "flite:rms", "flite:slt", "flite:kal16")}
+UNSEEN_ENGINE_SPLITS = {"dev_unseen_engine": "dev", "test_unseen_engine": "test"}
+ESPEAK_DEFAULT_RATE = 175  #: espeak-ng's default words per minute: flite's duration_stretch = this / rate
 #: espeak-ng's speaking rate (-s) and pitch (-p), peak gain and white-noise SNR (dB): uniform ranges per utterance
 RATE, PITCH, GAIN, SNR_DB = (140, 200), (35, 65), (0.3, 0.9), (15.0, 40.0)
 
@@ -62,13 +70,18 @@ class UttSpec:
     package: str
 
 
-def plan_utterances(text: Dict[str, List[Pair]], seed: int, train_voices: str = "seen") -> Dict[str, List[UttSpec]]:
+def plan_utterances(text: Dict[str, List[Pair]], seed: int, train_voices: str = "seen",
+                    unseen_engine: Optional[str] = None) -> Dict[str, List[UttSpec]]:
     """Every random choice of the synthesis, fixed up front from (seed, utterance id); ``train_voices``
-    (a ``TRAIN_VOICES`` key) changes only the train splits' voices, dev/test stay as they are."""
+    (a ``TRAIN_VOICES`` key) changes only the train splits' voices, dev/test stay as they are;
+    ``unseen_engine`` (an ``UNSEEN_ENGINE_VOICES`` key) adds the ``UNSEEN_ENGINE_SPLITS``, the others unchanged."""
     plan = {}
-    for split in list(BASE_SPLITS) + list(UNSEEN_SPLITS) + [s for s in (ASR_EXTRA,) if s in text]:
-        pairs = text[UNSEEN_SPLITS.get(split, split)]
-        if split in UNSEEN_SPLITS:
+    sources = {**UNSEEN_SPLITS, **(UNSEEN_ENGINE_SPLITS if unseen_engine else {})}
+    for split in list(BASE_SPLITS) + list(sources) + [s for s in (ASR_EXTRA,) if s in text]:
+        pairs = text[sources.get(split, split)]
+        if split in UNSEEN_ENGINE_SPLITS:
+            voices = UNSEEN_ENGINE_VOICES[unseen_engine]
+        elif split in UNSEEN_SPLITS:
             voices = UNSEEN_VOICES
         else:
             voices = TRAIN_VOICES[train_voices] if split in TRAIN_SPLITS else SEEN_VOICES
@@ -104,8 +117,32 @@ def espeak_version() -> str:
     return m.group(1) if m else out.strip()
 
 
+def engine_of(voice: str) -> str:
+    """The synthesiser of a voice: ``"flite"`` for ``"flite:<name>"``, else ``"espeak-ng"``."""
+    return voice.partition(":")[0] if ":" in voice else "espeak-ng"
+
+
+def flite_version() -> str:
+    exe = shutil.which("flite")
+    if exe is None:
+        raise BuildError("flite not found: run `apt-get install -y flite` (it speaks the unseen-engine splits; "
+                         "or pass --install-deps)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"flite-(\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
 def check_voices(voices: Sequence[str]):
-    """espeak-ng silently falls back for unknown variants, so check languages and variants up front."""
+    """espeak-ng silently falls back for unknown variants, so check languages and variants up front (and
+    flite's voices against ``flite -lv``)."""
+    flite = [v.partition(":")[2] for v in voices if engine_of(v) == "flite"]
+    if flite:
+        flite_version()
+        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split(":", 1)[-1].split()
+        for name in flite:
+            if name not in listed:
+                raise BuildError(f"flite voice {name!r} not available (flite -lv lists {' '.join(listed)})")
+    voices = [v for v in voices if engine_of(v) == "espeak-ng"]
     langs = set(subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True).stdout.split())
     listing = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
     variants = set(re.findall(r"!v/(\S+)", listing))
@@ -116,15 +153,18 @@ def check_voices(voices: Sequence[str]):
 
 
 def synthesize(spec: UttSpec) -> np.ndarray:
-    """16 kHz int16 waveform of one utterance (espeak-ng → resample → gain → noise → quantise)."""
+    """16 kHz int16 waveform of one utterance (espeak-ng or flite → resample → gain → noise → quantise)."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    cmd = ["espeak-ng", "-v", spec.voice, "-s", str(spec.rate), "-p", str(spec.pitch), "--stdout"]
-    r = subprocess.run(cmd, input=spec.src_text.encode("utf-8"), capture_output=True)
-    if r.returncode != 0 or len(r.stdout) < 100:
-        raise BuildError(f"espeak-ng failed for {spec.id} ({spec.voice}): {r.stderr.decode(errors='replace').strip()}")
-    wav, sr = sf.read(io.BytesIO(r.stdout), dtype="float64")
+    if engine_of(spec.voice) == "flite":
+        wav, sr = _flite(spec)
+    else:
+        cmd = ["espeak-ng", "-v", spec.voice, "-s", str(spec.rate), "-p", str(spec.pitch), "--stdout"]
+        r = subprocess.run(cmd, input=spec.src_text.encode("utf-8"), capture_output=True)
+        if r.returncode != 0 or len(r.stdout) < 100:
+            raise BuildError(f"espeak-ng failed for {spec.id} ({spec.voice}): {r.stderr.decode(errors='replace').strip()}")
+        wav, sr = sf.read(io.BytesIO(r.stdout), dtype="float64")
     if wav.ndim > 1:
         wav = wav.mean(axis=1)
     if sr != SAMPLE_RATE:
@@ -134,6 +174,21 @@ def synthesize(spec: UttSpec) -> np.ndarray:
     power = float(np.mean(wav**2)) + 1e-10
     noise = np.random.default_rng(spec.noise_seed).normal(0.0, math.sqrt(power / 10 ** (spec.snr_db / 10)), wav.shape)
     return np.clip(np.round((wav + noise) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _flite(spec: UttSpec):
+    """flite's waveform (float64) and sample rate for one utterance (text and wav through a scratch folder)."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory(prefix="imitkd-flite-") as d:
+        text, wav = Path(d) / "text.txt", Path(d) / "speech.wav"
+        text.write_text(spec.src_text, encoding="utf-8")
+        cmd = ["flite", "-voice", spec.voice.partition(":")[2], "--setf",
+               f"duration_stretch={ESPEAK_DEFAULT_RATE / spec.rate:.4f}", "-f", str(text), "-o", str(wav)]
+        r = subprocess.run(cmd, capture_output=True)
+        if r.returncode != 0 or not wav.is_file() or wav.stat().st_size < 100:
+            raise BuildError(f"flite failed for {spec.id} ({spec.voice}): {r.stderr.decode(errors='replace').strip()}")
+        return sf.read(wav, dtype="float64")
 
 
 def render(spec: UttSpec) -> np.ndarray:
@@ -157,9 +212,10 @@ def utt_job(args):
     return spec.id, FeatureStore(out_dir).save(spec.id, feats, dtype), len(pcm) / SAMPLE_RATE
 
 
-def install_espeak():
-    logger.info("installing espeak-ng with apt-get")
-    r = subprocess.run(["apt-get", "install", "-y", "espeak-ng"], capture_output=True, text=True)
+def install_espeak(package: str = "espeak-ng"):
+    """``apt-get install -y <package>`` (espeak-ng, or flite for the unseen-engine splits)."""
+    logger.info("installing %s with apt-get", package)
+    r = subprocess.run(["apt-get", "install", "-y", package], capture_output=True, text=True)
     if r.returncode != 0:
         tail = " | ".join(r.stderr.strip().splitlines()[-2:])
-        raise BuildError(f"apt-get install -y espeak-ng failed (root? try apt-get update first): {tail}")
+        raise BuildError(f"apt-get install -y {package} failed (root? try apt-get update first): {tail}")
