@@ -21,8 +21,8 @@ from ..pool import map_with_progress
 from ..vocab import train_spm, write_fairseq_dict
 from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
-from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_ENGINE_VOICES, UNSEEN_VOICES, UttSpec, check_voices,
-                     espeak_version, flite_version, install_espeak, plan_utterances, utt_job)
+from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_ENGINE_VOICES, UNSEEN_VOICES, UttSpec, apt_install,
+                     check_voices, espeak_version, flite_version, plan_utterances, utt_job)
 from .text import ASR_EXTRA, BASE_SPLITS, SIZES, Pair, select_text
 
 logger = logging.getLogger("build_ddtp_st")
@@ -82,7 +82,7 @@ def build(
 
     for exe, needed in (("espeak-ng", True), ("flite", bool(unseen_engine))):
         if needed and shutil.which(exe) is None and install_deps:
-            install_espeak(exe)
+            apt_install(exe)
     version = espeak_version()
     engine_voices = UNSEEN_ENGINE_VOICES[unseen_engine] if unseen_engine else ()
     check_voices(tuple(dict.fromkeys(SEEN_VOICES + TRAIN_VOICES[train_voices] + UNSEEN_VOICES + engine_voices)))
@@ -170,7 +170,7 @@ def _speech(out_dir: Path, plan: Dict[str, List[UttSpec]], *, workers: int, feat
     import scipy.signal  # noqa: F401  (import once before the workers fork: ~1 s each otherwise)
 
     map_with_progress(utt_job, [(u, str(out_dir), feature_dtype, save_audio) for u in todo], workers,
-                      "espeak-ng + fbank", progress)
+                      "synthesis + fbank", progress)
     index = store.pack(keep_npy=keep_npy, progress=progress)
     stats = {}
     for s, specs_s in plan.items():

@@ -212,8 +212,8 @@ def utt_job(args):
     return spec.id, FeatureStore(out_dir).save(spec.id, feats, dtype), len(pcm) / SAMPLE_RATE
 
 
-def install_espeak(package: str = "espeak-ng"):
-    """``apt-get install -y <package>`` (espeak-ng, or flite for the unseen-engine splits)."""
+def apt_install(package: str):
+    """``apt-get install -y <package>``: espeak-ng, or flite for the unseen-engine splits (``--install-deps``)."""
     logger.info("installing %s with apt-get", package)
     r = subprocess.run(["apt-get", "install", "-y", package], capture_output=True, text=True)
     if r.returncode != 0:
