@@ -92,20 +92,35 @@ def test_int8_rollouts_agree_with_fp32(trained):
 
 def test_int8_rollouts_track_the_students_current_weights(toy, toy_student, trained):
     """The int8 copy is made at every rollout: once the (same) student module has been trained, its int8
-    rollouts follow its new fp32 ones, not the untrained ones."""
+    rollouts follow its new fp32 ones, not the untrained ones. Compared row by row over the training set:
+    in a free-running rollout one flipped near-tie changes the rest of its row (at fdc06ee, on an AVX-512
+    VNNI CPU, one of 16 rows did so at its second token: 117 of 122 tokens agreed), so a token share over a
+    few rows measures the machine's near-ties, not the copy."""
     task, _ = trained
     _, _, model, _ = toydata.build_in_process(toy, "imit_kd_CE", EXACT)  # untrained
-    sample = _batches(task, "train", 16)[0]
-    ni = sample["net_input"]
-    caps = torch.full((16,), 30)
-    before = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1, int8=True)
+    samples = [s["net_input"] for s in _batches(task, "train", 16)]
+
+    def rollouts(**kw):
+        return [student_rollout(model, ni["src_tokens"], ni["src_lengths"], torch.full((ni["src_tokens"].size(0),), 30),
+                                eos=2, pad=1, **kw) for ni in samples]
+
+    before = rollouts(int8=True)
     load_student(model, toy_student)  # copies into the same parameters, as an optimizer step does
-    after32 = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1)
-    after8 = student_rollout(model, ni["src_tokens"], ni["src_lengths"], caps, eos=2, pad=1, int8=True)
-    same, total = _agreement(after32, after8)
-    assert same / total >= 0.97, f"{same}/{total}"
-    same, total = _agreement(after32, before)
-    assert same / total < 0.5
+    after32, after8 = rollouts(), rollouts(int8=True)
+    rows = sum(a.size(0) for a in after32)
+    assert rows >= 64
+    assert _same_rows(after32, after8) >= 0.9 * rows, f"{_same_rows(after32, after8)}/{rows}"
+    assert _same_rows(after32, before) <= 0.1 * rows, f"{_same_rows(after32, before)}/{rows}"
+
+
+def _same_rows(a_batches, b_batches, pad=1):
+    """How many rows of the rollouts in ``a_batches`` equal those of ``b_batches`` token for token."""
+    same = 0
+    for a, b in zip(a_batches, b_batches):
+        width = max(a.size(1), b.size(1))
+        a, b = (F.pad(t, (0, width - t.size(1)), value=pad) for t in (a, b))
+        same += int(a.eq(b).all(1).sum())
+    return same
 
 
 def test_int8_expert_distribution_within_kl(toy, trained):
@@ -179,3 +194,4 @@ def test_rollouts_from_the_training_encoder_pass(toy, trained):
     assert rows_own == rows_shared == 8 and (calls_own, calls_shared) == (2, 1)
     torch.testing.assert_close(shared, own, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_shared, g_own, rtol=1e-4, atol=1e-6)
+
