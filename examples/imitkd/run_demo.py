@@ -200,9 +200,11 @@ PRESETS = {
 # voices (train_voices "many": the seen accents × 15 espeak-ng variants) instead of dev/test's 8: chosen on
 # dev (5995daf against 9fd667f's 8-voice run), the ASR model's joint-decoding WER on dev_unseen (held-out voices)
 # fell from 49.9 to 39.8 %, on dev (seen voices) it rose from 26.9 to 28.7 % (RESULTS.md). Small keeps its 8
-# voices (not measured there). Its ASR stage trains 10,800 updates (was 7,200): the 90-voice model trained on from
-# 7,200 to 10,800 (inverse-√ schedule, so the same as a 10,800-update run) fell from 28.7 to 25.0 % joint-decoding
-# dev WER and from 39.8 to 35.1 % on dev_unseen, dev NLL 1.061 → 0.874 bits (dev probe at 5995daf, RESULTS.md)
+# voices: 90 cost its ASR model (2,824 updates) 4.5 points of dev WER for 3.1 on dev_unseen (47.2 → 51.7 %,
+# 58.9 → 55.8 %; dev probe at 6ed5245, RESULTS.md). Its ASR stage trains 10,800 updates (was 7,200): the
+# 90-voice model trained on from 7,200 to 10,800 (inverse-√ schedule, so the same as a 10,800-update run) fell
+# from 28.7 to 25.0 % joint-decoding dev WER and from 39.8 to 35.1 % on dev_unseen, dev NLL 1.061 → 0.874 bits
+# (dev probe at 5995daf, RESULTS.md)
 PRESETS["medium"] = dict(
     PRESETS["small"], train_voices="many", methods=BASE_METHODS + ("seqkd", "imitkd_star"), expert_max_tokens=4096,
     expert_updates=2800, expert_stop_hours=0, asr_updates=10800, asr_stop_hours=0, asr_extra=16000,
