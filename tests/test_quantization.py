@@ -194,4 +194,3 @@ def test_rollouts_from_the_training_encoder_pass(toy, trained):
     assert rows_own == rows_shared == 8 and (calls_own, calls_shared) == (2, 1)
     torch.testing.assert_close(shared, own, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_shared, g_own, rtol=1e-4, atol=1e-6)
-
