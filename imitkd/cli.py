@@ -22,6 +22,11 @@ def _run(main, loads_checkpoints=False):
     except ImitKDError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2)
+    except OSError as e:  # a path fairseq cannot read or create (--save-dir under a file, no permission): one line
+        if e.filename is None:
+            raise
+        sys.stderr.write(f"error: {e.filename}: {e.strerror or e}\n")
+        raise SystemExit(2)
 
 
 def train():

@@ -15,3 +15,12 @@ class BuildError(DataPrepError):
 
 class ParamsMismatch(BuildError):
     """DDTP-ST: ``out_dir`` holds features of a build with other parameters (seed, size, text, voices...)."""
+
+
+def make_output_dir(path, error=DataPrepError):
+    """``mkdir -p path``; a path that cannot be created (under a file, not writable) raises ``error`` naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"{path}: cannot create the output directory ({e.strerror or e})") from None
+    return path

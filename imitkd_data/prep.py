@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from .data_config import write_config
-from .errors import DataPrepError
+from .errors import DataPrepError, make_output_dir
 from .feature_store import FeatureStore
 from .features import SAMPLE_RATE, compute_fbank, resample
 from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, load_waveform
@@ -83,7 +83,7 @@ def prepare(
     if not data_root.is_dir():
         raise DataPrepError(f"data root not found: {data_root}")
     splits = list(splits or DEFAULT_SPLITS[layout])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     if layout == "tsv" and data_root.resolve() == out_dir.resolve():
         raise DataPrepError("--out-dir must differ from --data-root for the tsv layout (the manifests would be overwritten)")
     if not isinstance(sample_rate, int) or sample_rate < 1000:

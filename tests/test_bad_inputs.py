@@ -275,6 +275,15 @@ def prep_argv(ctx, root, *extra):
             "--vocab-type", "char", "--vocab-size", "20", "--no-progress", *extra]
 
 
+def a_file(ctx) -> Path:
+    (ctx.tmp / "a-file").write_text("")
+    return ctx.tmp / "a-file"
+
+
+def out_dir_under_a_file(ctx):
+    return prep_argv(ctx, tsv_layout(ctx), "--out-dir", a_file(ctx) / "out")  # the last --out-dir counts
+
+
 def prepared_at_16k(ctx):
     root = tsv_layout(ctx)
     assert prep_s2t_data.main([str(a) for a in prep_argv(ctx, root)]) == 0
@@ -392,6 +401,8 @@ ROWS: List[Row] = [
         "--expert", c.toy / "student_kd" / "checkpoint_best.pt"]), "imitkd-train", 2,
         r"^error: --expert .* is a speech-to-text model .*: use --criterion imit_kd_ast or imit_kd_ast_pure_kd",
         needs=("toy_student",)),
+    Row("--save-dir under a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c) / "ckpt"]), "imitkd-train", 2,
+        r"^error: .*/a-file/ckpt: Not a directory$"),
     Row("--load-pretrained-encoder-from not found", lambda c: train_argv(c, extra=[
         "--load-pretrained-encoder-from", c.tmp / "asr.pt"]), "imitkd-train", 2,
         r"^error: --load-pretrained-encoder-from: checkpoint not found: .*/asr\.pt$"),
@@ -444,6 +455,8 @@ ROWS: List[Row] = [
     # -- prep_s2t_data.py (item 12: one sample rate)
     Row("audio file missing", lambda c: prep_argv(c, tsv_layout(c, drop_audio=1)), "prep_s2t_data.py", 2,
         r"^error: .*/in/train\.tsv:3: audio file not found: .*/u1\.wav$"),
+    Row("--out-dir under a file", out_dir_under_a_file, "prep_s2t_data.py", 2,
+        r"^error: .*/a-file/out: cannot create the output directory \(Not a directory\)$"),
     Row("--sample-rate not a rate", lambda c: prep_argv(c, tsv_layout(c), "--sample-rate", "0"), "prep_s2t_data.py",
         2, r"^error: --sample-rate must be an integer of at least 1000 \(Hz\), got 0$"),
     Row("resume with another --sample-rate", prepared_at_16k, "prep_s2t_data.py", 2,

@@ -6,6 +6,8 @@ missing pieces FAIL the tests with the fix in the message (CI installs espeak-ng
 """
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from imitkd_data.ddtp import apt, provenance, speech
 from imitkd_data.ddtp import text as ddtp_text
 from imitkd_data.errors import BuildError
 from imitkd_data.manifest import read_manifest
+
+BUILDER = Path(__file__).resolve().parents[1] / "examples" / "speech_to_text" / "build_ddtp_st.py"
 
 ALL_SPLITS = ["train", "dev", "test", "dev_unseen", "test_unseen"]
 KALDI_FLOOR = float(np.log(np.finfo(np.float32).eps))  # -15.94: log-mel of digital silence
@@ -276,6 +280,17 @@ def test_rebuild_is_a_noop(ddtp_ci):
     mtimes = {p: p.stat().st_mtime_ns for p in outputs}
     assert build_ci_corpus(ddtp_ci.parent) == ddtp_ci  # (ignores the argument when IMITKD_DATA_CACHE is set)
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
+
+
+def test_output_directory_that_cannot_be_created_is_one_line_error(tmp_path):
+    """build_ddtp_st.py --out-dir under a file (or where one may not write): one line naming the directory,
+    before any download or synthesis."""
+    (tmp_path / "a-file").write_text("")
+    out = subprocess.run([sys.executable, str(BUILDER), "--out-dir", str(tmp_path / "a-file" / "corpus"), "--size", "ci"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout, out.stdout
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'a-file' / 'corpus'}: cannot create the output directory (Not a directory)")
 
 
 def test_skeleton_and_split_rules():

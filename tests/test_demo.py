@@ -88,6 +88,14 @@ def test_unknown_decoding_is_one_line_error(tmp_path):
     assert errors == ["error: --decodings: unknown beam9 (choose from beam5, beam5-lenpen2, greedy)"]
 
 
+def test_out_that_cannot_be_created_is_one_line_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    out = run_demo("--size", "ci", "--out", tmp_path / "a-file" / "demo", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [
+        f"error: --out {tmp_path / 'a-file' / 'demo'}: cannot create the output directory (Not a directory)"]
+
+
 @pytest.mark.parametrize("seeds, message", [
     ("2,x", "error: --student-seeds: comma-separated integers expected, got '2,x'"),
     ("2,1", "error: --student-seeds 2,1: each seed once, and not --seed (1)"),

@@ -90,7 +90,7 @@ from imitkd_data import atomic
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.ddtp.corpus import build
 from imitkd_data.ddtp.text import ASR_EXTRA, select_text
-from imitkd_data.errors import BuildError, ParamsMismatch
+from imitkd_data.errors import BuildError, DataPrepError, ParamsMismatch, make_output_dir
 from imitkd_data.manifest import read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1631,7 +1631,11 @@ def main(argv=None) -> int:
         print(f"error: --asr-extra must be >= 0, got {P['asr_extra']}", file=sys.stderr)
         return 2
     args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_output_dir(args.out)
+    except DataPrepError as e:
+        print(f"error: --out {e}", file=sys.stderr)
+        return 2
     args.splits = evaluation_splits(args, P)
     clock = Clock()
     _commit()  # the code this invocation runs: queried now, so an edit while it trains does not enter its record

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from .. import atomic
 from ..data_config import write_config
-from ..errors import BuildError, ParamsMismatch
+from ..errors import BuildError, ParamsMismatch, make_output_dir
 from ..feature_store import FeatureStore
 from ..manifest import write_manifest
 from ..pool import map_with_progress
@@ -68,7 +68,7 @@ def build(
     if unseen_engine is not None and unseen_engine not in UNSEEN_ENGINE_VOICES:
         raise BuildError(f"unknown unseen_engine {unseen_engine!r} (choose from {', '.join(UNSEEN_ENGINE_VOICES)})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir, BuildError)
     translations = _translations(out_dir, translations_dir, cache_dir, refresh)
     apt_source = recorded_apt_source(translations["en"].parent)  # what fetch_translations used (None: unknown)
     inputs = input_record(translations, apt_source)
