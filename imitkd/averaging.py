@@ -86,6 +86,8 @@ def get_parser():
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
+        if not args.output.parent.is_dir():
+            raise ImitKDError(f"--output {args.output}: {args.output.parent} is not a directory")
         if args.num_update_checkpoints:
             if len(args.inputs) != 1:
                 raise ImitKDError("--num-update-checkpoints needs exactly one save directory as --inputs")
@@ -103,6 +105,11 @@ def main(argv=None) -> int:
         save_average(paths, args.output)
     except ImitKDError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a checkpoint that cannot be read, an output that cannot be written
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {args.output}")
     return 0

@@ -56,3 +56,19 @@ def test_cli_averages_the_last_n_and_reports_too_few(tmp_path, capsys):
     assert err.count("\n") == 0 and "3 interval checkpoints" in err
     assert averaging.main(["--inputs", str(tmp_path / "nope"), "--num-update-checkpoints", "2", "--output", str(out)]) == 2
     assert "nope: no such save directory" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert averaging.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "2", "--output",
+                           str(tmp_path / "a-file" / "avg.pt")]) == 2
+    assert capsys.readouterr().err == f"error: --output {tmp_path}/a-file/avg.pt: {tmp_path}/a-file is not a directory\n"
+
+
+def test_cli_names_a_file_it_cannot_write(tmp_path, capsys, monkeypatch):
+    """An OSError with a file name (an output directory one may not write, as a non-root user) is one line."""
+    ckpt = _save(tmp_path / "a.pt", [1.0])
+
+    def no_permission(paths, output):
+        raise PermissionError(13, "Permission denied", str(output))
+
+    monkeypatch.setattr(averaging, "save_average", no_permission)
+    assert averaging.main(["--inputs", str(ckpt), "--output", str(tmp_path / "avg.pt")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}/avg.pt: Permission denied\n"
