@@ -18,7 +18,7 @@ from fairseq.checkpoint_utils import checkpoint_paths
 from imitkd_data.atomic import atomic_write
 
 from . import checkpoints
-from .errors import ImitKDError
+from .errors import ImitKDError, path_error
 
 _INTERVAL = r"checkpoint_\d+_(\d+)\.pt"  #: fairseq's interval-checkpoint names (group: the update)
 
@@ -107,9 +107,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a checkpoint that cannot be read, an output that cannot be written
-        if e.filename is None:
-            raise
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: {path_error(e)}", file=sys.stderr)
         return 2
     print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {args.output}")
     return 0

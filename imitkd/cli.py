@@ -10,7 +10,7 @@ import sys
 import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
 
 from . import checkpoints, cli_help
-from .errors import ImitKDError
+from .errors import ImitKDError, path_error
 
 
 def _run(main, loads_checkpoints=False):
@@ -23,9 +23,7 @@ def _run(main, loads_checkpoints=False):
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2)
     except OSError as e:  # a path fairseq cannot read or create (--save-dir under a file, no permission): one line
-        if e.filename is None:
-            raise
-        sys.stderr.write(f"error: {e.filename}: {e.strerror or e}\n")
+        sys.stderr.write(f"error: {path_error(e)}\n")
         raise SystemExit(2)
 
 

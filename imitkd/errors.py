@@ -6,6 +6,14 @@ class ImitKDError(ValueError):
     """A user-facing configuration or data error; the message names the file, row or flag."""
 
 
+def path_error(e: OSError) -> ImitKDError:
+    """An OSError that names its file (a path one cannot read or create) as ``PATH: reason``; one that names no
+    file is not about a user's path and is raised again unchanged."""
+    if e.filename is None:
+        raise e
+    return ImitKDError(f"{e.filename}: {e.strerror or e}")
+
+
 def install_excepthook():
     """Print ImitKDError as one ``error: ...`` line (exit status 2) also under plain ``fairseq-train``."""
     previous = sys.excepthook
