@@ -51,12 +51,15 @@ def read_text_columns(root: str, splits: str, columns: List[Tuple[str, str]]) ->
     return texts
 
 
+#: the columns fairseq's ``SpeechToTextDatasetCreator`` reads from every manifest
+REQUIRED_COLUMNS = ("id", "audio", "n_frames", "tgt_text")
 _CHECKED = set()  # (path, size, mtime) of manifests already checked in this process
 
 
 def check_manifest(path, split_flag: str = "") -> None:
-    """Fail with one line if the fairseq manifest ``path`` is missing, not UTF-8, has no data row or a row
-    whose number of tab-separated fields differs from the header's.
+    """Fail with one line if the fairseq manifest ``path`` is missing, not UTF-8, lacks a column of
+    ``REQUIRED_COLUMNS``, has no data row, a row whose number of tab-separated fields differs from the
+    header's, or an ``n_frames`` that is not a positive integer.
 
     fairseq's reader (``SpeechToTextDatasetCreator._load_samples_from_tsv``; ``imitkd_data.manifest`` reads
     the same way) would end in a traceback that names no file (``UnicodeDecodeError``) or no flag; this
@@ -89,17 +92,27 @@ def check_manifest(path, split_flag: str = "") -> None:
         raise ImitKDError(f"{path}: line {line} ({where}) is not UTF-8: byte 0x{data[e.start]:02x}{column}{asked}; "
                           "re-encode the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     lines = data.splitlines()  # \n, \r\n or \r: the lines fairseq's reader (universal newlines) sees
-    n_fields = lines[0].count(b"\t") + 1 if lines else 0
+    header = lines[0].decode("utf-8").split("\t") if lines else []
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if lines and missing:
+        raise ImitKDError(f"{path}: line 1 (the header) lacks the column(s) {', '.join(missing)} that fairseq's "
+                          f"speech_to_text reads (columns: {', '.join(header)}){asked}")
+    n_fields = len(header)
+    frames_at = header.index("n_frames") if "n_frames" in header else None
     n_rows = 0
     for n, line in enumerate(lines[1:], 2):
         if not line:  # fairseq's reader skips empty lines
             continue
         n_rows += 1
-        fields = line.count(b"\t") + 1
-        if fields != n_fields:
-            row_id = line.split(b"\t", 1)[0].decode("utf-8")
-            raise ImitKDError(f"{path}: line {n} (id={row_id}) has {fields} tab-separated fields, "
+        fields = line.split(b"\t")
+        row_id = fields[0].decode("utf-8")
+        if len(fields) != n_fields:
+            raise ImitKDError(f"{path}: line {n} (id={row_id}) has {len(fields)} tab-separated fields, "
                               f"the header has {n_fields}{asked}; a tab inside a text, or a cell missing?")
+        frames = fields[frames_at].decode("utf-8").strip()
+        if not (frames.isascii() and frames.isdigit() and int(frames) > 0):
+            raise ImitKDError(f"{path}: line {n} (id={row_id}) has n_frames '{frames}'{asked}; it must be the "
+                              "utterance's number of feature frames, a positive integer")
     if not n_rows:
         raise ImitKDError(f"{path}: {'no data rows, only a header' if data.strip() else 'empty file'}{asked}")
     _CHECKED.add(key)

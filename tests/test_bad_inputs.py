@@ -40,6 +40,9 @@ GD_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
 _spec = importlib.util.spec_from_file_location("prep_s2t_data", REPO / "examples" / "speech_to_text" / "prep_s2t_data.py")
 prep_s2t_data = importlib.util.module_from_spec(_spec)  # the CLI (examples/ is no package)
 _spec.loader.exec_module(prep_s2t_data)
+_spec = importlib.util.spec_from_file_location("ctc_transcribe", REPO / "examples" / "imitkd" / "ctc_transcribe.py")
+ctc_transcribe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ctc_transcribe)
 
 sys.path.insert(0, str(GD_SCRIPT.parent))
 import create_wmt19_generated_dataset as gd  # noqa: E402
@@ -134,6 +137,7 @@ COMMANDS = {
     "create_wmt19_generated_dataset.py + SIGTERM mid-write": _signal_mid_write(signal.SIGTERM),
     "create_wmt19_generated_dataset.py + SIGHUP mid-write": _signal_mid_write(signal.SIGHUP),
     "prep_s2t_data.py": _script_main(prep_s2t_data.main),
+    "ctc_transcribe.py": _script_main(ctc_transcribe.main),
     "build_ddtp_st.fetch_translations": _fetch_translations,
 }
 
@@ -195,6 +199,16 @@ def ragged_row(ctx):
     data = s2t_copy(ctx)
     edit_tsv_line(data / "dev.tsv", 4, lambda b: b"\t".join(b.split(b"\t")[:3]))
     return train_argv(ctx, data)
+
+
+def frames_not_a_number(ctx, line=4):
+    data = s2t_copy(ctx)
+    edit_tsv_line(data / "train.tsv", line, lambda b: b"\t".join(f if i != 2 else b"1e3" for i, f in enumerate(b.split(b"\t"))))
+    return train_argv(ctx, data)
+
+
+def ctc_argv(ctx, path, *extra):
+    return [s2t_copy(ctx), "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", path, "--cpu", *extra]
 
 
 def drop_column(ctx, name):
@@ -366,6 +380,17 @@ ROWS: List[Row] = [
     Row("manifest row with a cell missing", ragged_row, "imitkd-train", 2,
         r"^error: .*/s2t/dev\.tsv: line 4 \(id=dev_2\) has 3 tab-separated fields, the header has 6 "
         r"\(--valid-subset dev\); a tab inside a text, or a cell missing\?$", before_model),
+    Row("manifest n_frames not an integer", frames_not_a_number, "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 4 \(id=train_2\) has n_frames '1e3' \(--train-subset train\); it must be .* a positive integer$",
+        before_model),
+    Row("manifest without n_frames (generate)", lambda c: [
+        drop_column(c, "n_frames"), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset",
+        "test", "--path", c.student_ckpt, "--cpu", "--batch-size", "4"], "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 1 \(the header\) lacks the column\(s\) n_frames that fairseq's"),
+    Row("ctc_transcribe.py of a text model", lambda c: ctc_argv(c, c.toy / "expert" / "checkpoint_best.pt"),
+        "ctc_transcribe.py", 2, r"^error: .*/expert/checkpoint_best\.pt: a checkpoint of task translation, not a speech model"),
+    Row("ctc_transcribe.py --max-tokens 0", lambda c: ctc_argv(c, c.toy / "expert" / "checkpoint_best.pt", "--max-tokens", "0"),
+        "ctc_transcribe.py", 2, r"^error: --max-tokens must be ≥ 1 frame \(got 0\)$"),
     Row("no src_text column", lambda c: train_argv(c, drop_column(c, "src_text")), "imitkd-train", 2,
         r"^error: .*/s2t/(dev|train)\.tsv: no 'src_text' column \(columns: id, audio, n_frames, tgt_text, "
         r"speaker\); .*imit_kd_CE reads it$"),

@@ -51,14 +51,28 @@ def transcribe(args, out=sys.stdout):
     if not 0.0 <= args.joint_ctc_weight <= 1.0:
         raise ImitKDError(f"--joint-ctc-weight must be in [0, 1] (got {args.joint_ctc_weight})")
 
+    if args.max_tokens < 1:
+        raise ImitKDError(f"--max-tokens must be ≥ 1 frame (got {args.max_tokens})")
+
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    state = checkpoint_utils.load_checkpoint_to_cpu(args.path)
+    task_name = checkpoint_task(state)
+    if not (task_name or "").startswith("speech_to_text"):
+        raise ImitKDError(f"{args.path}: a checkpoint of task {task_name}, not a speech model; --path needs an "
+                          "ASR model trained with a CTC head (--task speech_to_text_kd --ctc-weight W)")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [args.path], arg_overrides={"data": args.data, "config_yaml": args.config_yaml})
+        [args.path], arg_overrides={"data": args.data, "config_yaml": args.config_yaml}, state=state)
     model = models[0].to(device).eval()
     if getattr(model.encoder, "ctc_proj", None) is None:
         raise ImitKDError(f"{args.path}: the model has no CTC head (train it with --ctc-weight > 0)")
     task.load_dataset(args.gen_subset)
     dataset, tgt_dict = task.dataset(args.gen_subset), task.target_dictionary
+    longest = int(dataset.sizes.argmax())
+    if dataset.sizes[longest] > args.max_tokens:
+        ids = getattr(dataset, "ids", None)
+        which = f"id={ids[longest]}, " if ids is not None else ""
+        raise ImitKDError(f"--max-tokens {args.max_tokens} is below the longest utterance of {args.gen_subset} "
+                          f"({which}{dataset.sizes[longest]} frames): raise it")
     bpe = task.build_bpe(cfg.bpe)
     decode = bpe.decode if bpe is not None else (lambda x: x)
     batches = task.get_batch_iterator(dataset, max_tokens=args.max_tokens, max_positions=model.max_positions(),
@@ -86,6 +100,16 @@ def transcribe(args, out=sys.stdout):
                 score = f"{score:.4f}"
                 print(f"T-{sample_id}\t{ref}\nH-{sample_id}\t{score}\t{pieces}\nD-{sample_id}\t{score}\t{decode(pieces)}",
                       file=out)
+
+
+def checkpoint_task(state) -> str:
+    """The task a fairseq checkpoint (``load_checkpoint_to_cpu``'s dict) was trained with ("" if unknown):
+    its ``cfg.task`` is a DictConfig, or an argparse Namespace for an argparse task such as speech_to_text."""
+    task = (state.get("cfg") or {}).get("task") if isinstance(state, dict) else None
+    if task is None:
+        return ""
+    return str((task.get("_name") if hasattr(task, "get") else None) or getattr(task, "_name", None)
+               or getattr(task, "task", None) or "")
 
 
 def encoder_frames_per_input_frame(model) -> float:
