@@ -315,6 +315,11 @@ def nothing_written(ctx):
     assert not list(ctx.tmp.glob(".*.tmp")), "a temporary file was left"
 
 
+def manifest_kept(ctx):
+    nothing_written(ctx)
+    assert (ctx.tmp / "test.tsv").read_bytes() == (ctx.toy / "s2t" / "test.tsv").read_bytes()
+
+
 def names_repeated_pair(ctx):
     nothing_written(ctx)
     assert re.search(rf"expert\.log:{ctx.expect_line}: duplicate H- line for id {ctx.expect_id} ", ctx.line)
@@ -445,6 +450,13 @@ ROWS: List[Row] = [
         "create_wmt19_generated_dataset.py", 2,
         r"error: .*/nosuch\.log: cannot read fairseq-generate log: .*No such file", nothing_written),
     Row("manifest not UTF-8 (dataset script)", gd_manifest_not_utf8, "create_wmt19_generated_dataset.py", 2, r"error: .*/test\.tsv:9: not UTF-8; re-encode", nothing_written),
+    Row("--missing-ids naming the manifest", lambda c: gd_argv(c) + ["--missing-ids", c.tmp / "test.tsv"],
+        "create_wmt19_generated_dataset.py", 2,
+        r"error: --missing-ids .*/test\.tsv: the same file as -d/--dataset .*/test\.tsv, which it would overwrite$",
+        manifest_kept),
+    Row("-o and -a the same log", lambda c: gd_argv(c) + ["-a", c.tmp / "expert.log"],
+        "create_wmt19_generated_dataset.py", 2,
+        r"error: -o/--output .*/expert\.log and -a/--audiotranscripts .*/expert\.log are the same log", nothing_written),
     Row("SIGTERM mid-write", gd_argv,
         "create_wmt19_generated_dataset.py + SIGTERM mid-write", 128 + signal.SIGTERM,
         r"^create_wmt19_generated_dataset\.py: error: interrupted by SIGTERM; temporary files removed$",

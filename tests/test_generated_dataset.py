@@ -420,6 +420,38 @@ def test_detokenize_moses_on_handwritten_log(tmp_path, capsys):
     assert_one_line_error(err, "--lang")
 
 
+def _handwritten(tmp_path):
+    """A 2-row manifest and its fairseq-generate log (ids out of order), written by hand."""
+    manifest = write_tsv(tmp_path / "dev.tsv", ["id", "src_text", "tgt_text"], [["a", "hello", "hallo"],
+                                                                                ["b", "good", "gut"]])
+    log = tmp_path / "expert.log"
+    log.write_text("S-1\tgood\nT-1\tgut\nH-1\t-0.2\tsehr gut\nD-1\t-0.2\tsehr gut\n"
+                   "S-0\thello\nT-0\thallo\nH-0\t-0.1\thallo du\nD-0\t-0.1\thallo du\n")
+    return manifest, log
+
+
+def test_no_output_names_an_input_or_the_other_output(tmp_path, capsys):
+    manifest, log = _handwritten(tmp_path)
+    os.link(log, tmp_path / "hard.log")  # another name of the same file
+    out = tmp_path / "out.tsv"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for argv, needles in [
+        (["-o", log, "-O", out, "--missing-ids", manifest], [f"--missing-ids {manifest}: the same file as -d"]),
+        (["-o", log, "-O", out, "--missing-ids", log], ["--missing-ids", "the same file as -o/--output"]),
+        (["-a", log, "-O", out, "--missing-ids", tmp_path / "hard.log"], ["the same file as -a/--audiotranscripts"]),
+        (["-o", log, "-O", out, "--missing-ids", tmp_path / "." / "out.tsv"], ["the same file as -O/--out-file"]),
+        (["-o", log, "-O", tmp_path / "hard.log"], [f"-O/--out-file {tmp_path / 'hard.log'}: the same file as -o"]),
+        # German translations must not become the transcripts
+        (["-o", log, "-a", tmp_path / "hard.log"], ["-o/--output", "-a/--audiotranscripts", "are the same log"]),
+        (["-o", log, "-O", ""], ["-O/--out-file: empty path"]),
+        (["-o", log, "-a", ""], ["-a/--audiotranscripts: empty path"]),
+    ]:
+        status, _, err = run_main(capsys, "-d", manifest, *argv)
+        assert status == 2, (argv, err)
+        assert_one_line_error(err, *needles)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, argv
+
+
 def test_reference_normalization():
     norm = gd.normalize_for_check
     assert norm("Das ist g@@ ut .") == norm("das ist gut.") == "dasistgut"
