@@ -452,6 +452,23 @@ def test_no_output_names_an_input_or_the_other_output(tmp_path, capsys):
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, argv
 
 
+def test_fields_over_the_csv_limit_fail_naming_the_line(tmp_path, capsys):
+    """fairseq reads manifests with csv's default field_size_limit (131072 characters): a longer hypothesis
+    would give a manifest nobody can read back."""
+    manifest, log = _handwritten(tmp_path)
+    long = " ".join(["wort"] * 30000)
+    log.write_text(log.read_text().replace("sehr gut", long))  # line 4 is D-1
+    status, _, err = run_main(capsys, "-d", manifest, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{log}:4: hypothesis of id 1 has {len(long)} characters", "131072")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.tsv", "expert.log"]
+    too_long = write_tsv(tmp_path / "long.tsv", ["id", "src_text", "tgt_text"], [["a", "hello", "hallo"],
+                                                                                 ["b", long, "gut"]])
+    status, _, err = run_main(capsys, "-d", too_long, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{too_long}:3: field larger than field limit (131072)")
+
+
 def test_reference_normalization():
     norm = gd.normalize_for_check
     assert norm("Das ist g@@ ut .") == norm("das ist gut.") == "dasistgut"

@@ -22,6 +22,7 @@ complete command sequences.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import os
 import re
@@ -571,6 +572,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     id_col = manifest.column("id")
     all_missing = set()
     stats = []
+    field_limit = csv.field_size_limit()  # csv's default, which fairseq's manifest reader keeps
     for job, entries, missing in parsed:
         process = make_postprocessor(args.remove_bpe, args.detokenize, job.lang)
         col = manifest.column(job.column)
@@ -581,6 +583,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
             elif args.remove_bpe == "sentencepiece" and "\u2581" in entry.hyp:
                 marker_seen = True
             text = process(entry.hyp)
+            if len(text) > field_limit:
+                raise InputError(f"{job.log}:{entry.line}: hypothesis of id {i} has {len(text)} characters, more "
+                                 f"than a manifest field may hold ({field_limit}: fairseq's csv reader could not "
+                                 f"read it back)")
             rows[i][col] = text
             n_tok = len(text.split())
             empty += n_tok == 0
