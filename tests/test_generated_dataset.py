@@ -469,6 +469,19 @@ def test_fields_over_the_csv_limit_fail_naming_the_line(tmp_path, capsys):
     assert_one_line_error(err, f"{too_long}:3: field larger than field limit (131072)")
 
 
+def test_manifest_with_bom_or_only_a_header(tmp_path, capsys):
+    manifest, log = _handwritten(tmp_path)
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    status, _, err = run_main(capsys, "-d", bom, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{bom}: line 1 starts with a UTF-8 byte-order mark")
+    header_only = write_tsv(tmp_path / "header.tsv", ["id", "src_text", "tgt_text"], [])
+    status, _, err = run_main(capsys, "-d", header_only, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{header_only}: no data rows, only a header")
+
+
 def test_reference_normalization():
     norm = gd.normalize_for_check
     assert norm("Das ist g@@ ut .") == norm("das ist gut.") == "dasistgut"

@@ -99,8 +99,8 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
     """Read a fairseq S2T manifest exactly as fairseq does (``imitkd_data.manifest.read_table``: tab,
     ``QUOTE_NONE``: no quoting, no escapes; blank lines are skipped, so sample ids count non-blank data rows).
 
-    Raises InputError for a missing/unreadable or non-UTF-8 file, a header lacking one of ``required``,
-    duplicate column names, or a row whose field count differs from the header's.
+    Raises InputError for a missing/unreadable or non-UTF-8 file, a byte-order mark, a header lacking one of
+    ``required``, duplicate column names, no data rows, or a row whose field count differs from the header's.
     """
     try:
         table = read_table(path)
@@ -109,6 +109,11 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
     header = table.header
     if not header:
         raise InputError(f"{path}: empty manifest (no header row)")
+    if header[0].startswith("\ufeff"):
+        raise InputError(f"{path}: line 1 starts with a UTF-8 byte-order mark, which fairseq reads as part of the "
+                         f"first column name; save the manifest without BOM")
+    if not table.rows:
+        raise InputError(f"{path}: no data rows, only a header")
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise InputError(f"{path}: duplicate column name(s) in header: {', '.join(dup)}")
