@@ -78,6 +78,15 @@ def test_json_never_replaces_an_input_and_is_checked_first(tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
+@pytest.mark.parametrize("a, b", [("-1", "-5"), ("0", "0")])
+def test_rollout_cap_the_criterion_rejects_is_one_line_error(tmp_path, capsys, a, b):
+    demo = fake_demo(tmp_path)
+    assert diag.main(["--demo", str(demo), "--rollout-max-len-a", a, "--rollout-max-len-b", b]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got {float(a)} / {int(b)}"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
 def test_relative_demo_and_corpus_reach_fairseq_as_absolute_paths(tmp_path, capsys, monkeypatch):
     """fairseq resolves a relative config_yaml against the data directory (--corpus)."""
     from fairseq import checkpoint_utils

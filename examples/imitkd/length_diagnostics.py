@@ -126,6 +126,12 @@ def main(argv=None) -> int:
         return 2
     import imitkd  # noqa: F401  (registers the task and criteria)
     from fairseq import checkpoint_utils, tasks
+    from imitkd.rollout import length_cap_problem
+
+    problem = length_cap_problem(args.rollout_max_len_a, args.rollout_max_len_b)
+    if problem:  # the criterion's own rule
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     torch.manual_seed(0)
     # absolute paths: fairseq resolves a relative config_yaml against the data directory
