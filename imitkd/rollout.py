@@ -33,6 +33,13 @@ def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
     return (target_lengths.float() * a + b).floor().long().clamp_(min=1)
 
 
+def length_cap_problem(a: float, b: int) -> Optional[str]:
+    """What is wrong with the cap ``a · gold_len + b`` (a negative term, or both 0); None if nothing."""
+    if a < 0 or b < 0 or a + b <= 0:
+        return f"--rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got {a} / {b}"
+    return None
+
+
 @torch.no_grad()
 def student_rollout(
     model,

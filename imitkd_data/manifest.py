@@ -82,13 +82,17 @@ def read_table(path) -> Table:
     for callers that keep every cell and the column order as they are. The header is [] for an empty file."""
     with _reading(path) as f:
         reader = csv.reader(f, **TSV_FORMAT)
-        header = next(reader, None) or []
         rows, line_numbers = [], []
-        for row in reader:
-            if not row:  # blank line: csv.DictReader (fairseq) skips it too
-                continue
-            rows.append(row)
-            line_numbers.append(reader.line_num)
+        try:
+            header = next(reader, None) or []
+            for row in reader:
+                if not row:  # blank line: csv.DictReader (fairseq) skips it too
+                    continue
+                rows.append(row)
+                line_numbers.append(reader.line_num)
+        except csv.Error as e:  # a field over csv's field_size_limit, which fairseq's reader keeps too
+            raise ManifestError(f"{path}:{reader.line_num}: {_one_line(e)}; fairseq's reader cannot read it "
+                                f"either") from None
     return Table(str(path), header, rows, line_numbers)
 
 

@@ -257,6 +257,16 @@ def gd_argv(ctx):
     return ["-d", manifest, "-o", log, "-O", ctx.tmp / "out.tsv"]
 
 
+def gd_long_hypothesis(ctx):
+    """A D- line longer than csv's field limit (131072 characters), which fairseq's manifest reader keeps."""
+    lines = ctx.expert_log.read_text().splitlines(keepends=True)
+    k = next(k for k, line in enumerate(lines) if line.startswith("D-"))
+    lines[k] = lines[k].rstrip("\n") + " wort" * 30000 + "\n"
+    manifest, log = gd_inputs(ctx, lines)
+    ctx.expect_line = k + 1
+    return ["-d", manifest, "-o", log, "-O", ctx.tmp / "out.tsv"]
+
+
 def grep_two_logs(ctx, *flags):
     """What `grep [-h] -P '^[HD]-' a.log b.log > c.log` gives for two logs of the same split (item 6)."""
     for name in ("a.log", "b.log"):
@@ -327,6 +337,16 @@ def before_model(ctx):
 def nothing_written(ctx):
     assert not (ctx.tmp / "out.tsv").exists()
     assert not list(ctx.tmp.glob(".*.tmp")), "a temporary file was left"
+
+
+def manifest_kept(ctx):
+    nothing_written(ctx)
+    assert (ctx.tmp / "test.tsv").read_bytes() == (ctx.toy / "s2t" / "test.tsv").read_bytes()
+
+
+def names_long_hypothesis_line(ctx):
+    nothing_written(ctx)
+    assert f"expert.log:{ctx.expect_line}: " in ctx.line
 
 
 def names_repeated_pair(ctx):
@@ -470,6 +490,16 @@ ROWS: List[Row] = [
         "create_wmt19_generated_dataset.py", 2,
         r"error: .*/nosuch\.log: cannot read fairseq-generate log: .*No such file", nothing_written),
     Row("manifest not UTF-8 (dataset script)", gd_manifest_not_utf8, "create_wmt19_generated_dataset.py", 2, r"error: .*/test\.tsv:9: not UTF-8; re-encode", nothing_written),
+    Row("--missing-ids naming the manifest", lambda c: gd_argv(c) + ["--missing-ids", c.tmp / "test.tsv"],
+        "create_wmt19_generated_dataset.py", 2,
+        r"error: --missing-ids .*/test\.tsv: the same file as -d/--dataset .*/test\.tsv, which it would overwrite$",
+        manifest_kept),
+    Row("-o and -a the same log", lambda c: gd_argv(c) + ["-a", c.tmp / "expert.log"],
+        "create_wmt19_generated_dataset.py", 2,
+        r"error: -o/--output .*/expert\.log and -a/--audiotranscripts .*/expert\.log are the same log", nothing_written),
+    Row("hypothesis over the csv field limit", gd_long_hypothesis, "create_wmt19_generated_dataset.py", 2,
+        r"error: .*/expert\.log:\d+: hypothesis of id \d+ has \d+ characters, more than a manifest field may hold "
+        r"\(131072", names_long_hypothesis_line),
     Row("SIGTERM mid-write", gd_argv,
         "create_wmt19_generated_dataset.py + SIGTERM mid-write", 128 + signal.SIGTERM,
         r"^create_wmt19_generated_dataset\.py: error: interrupted by SIGTERM; temporary files removed$",

@@ -420,6 +420,68 @@ def test_detokenize_moses_on_handwritten_log(tmp_path, capsys):
     assert_one_line_error(err, "--lang")
 
 
+def _handwritten(tmp_path):
+    """A 2-row manifest and its fairseq-generate log (ids out of order), written by hand."""
+    manifest = write_tsv(tmp_path / "dev.tsv", ["id", "src_text", "tgt_text"], [["a", "hello", "hallo"],
+                                                                                ["b", "good", "gut"]])
+    log = tmp_path / "expert.log"
+    log.write_text("S-1\tgood\nT-1\tgut\nH-1\t-0.2\tsehr gut\nD-1\t-0.2\tsehr gut\n"
+                   "S-0\thello\nT-0\thallo\nH-0\t-0.1\thallo du\nD-0\t-0.1\thallo du\n")
+    return manifest, log
+
+
+def test_no_output_names_an_input_or_the_other_output(tmp_path, capsys):
+    manifest, log = _handwritten(tmp_path)
+    os.link(log, tmp_path / "hard.log")  # another name of the same file
+    out = tmp_path / "out.tsv"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for argv, needles in [
+        (["-o", log, "-O", out, "--missing-ids", manifest], [f"--missing-ids {manifest}: the same file as -d"]),
+        (["-o", log, "-O", out, "--missing-ids", log], ["--missing-ids", "the same file as -o/--output"]),
+        (["-a", log, "-O", out, "--missing-ids", tmp_path / "hard.log"], ["the same file as -a/--audiotranscripts"]),
+        (["-o", log, "-O", out, "--missing-ids", tmp_path / "." / "out.tsv"], ["the same file as -O/--out-file"]),
+        (["-o", log, "-O", tmp_path / "hard.log"], [f"-O/--out-file {tmp_path / 'hard.log'}: the same file as -o"]),
+        # German translations must not become the transcripts
+        (["-o", log, "-a", tmp_path / "hard.log"], ["-o/--output", "-a/--audiotranscripts", "are the same log"]),
+        (["-o", log, "-O", ""], ["-O/--out-file: empty path"]),
+        (["-o", log, "-a", ""], ["-a/--audiotranscripts: empty path"]),
+    ]:
+        status, _, err = run_main(capsys, "-d", manifest, *argv)
+        assert status == 2, (argv, err)
+        assert_one_line_error(err, *needles)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, argv
+
+
+def test_fields_over_the_csv_limit_fail_naming_the_line(tmp_path, capsys):
+    """fairseq reads manifests with csv's default field_size_limit (131072 characters): a longer hypothesis
+    would give a manifest nobody can read back."""
+    manifest, log = _handwritten(tmp_path)
+    long = " ".join(["wort"] * 30000)
+    log.write_text(log.read_text().replace("sehr gut", long))  # line 4 is D-1
+    status, _, err = run_main(capsys, "-d", manifest, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{log}:4: hypothesis of id 1 has {len(long)} characters", "131072")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.tsv", "expert.log"]
+    too_long = write_tsv(tmp_path / "long.tsv", ["id", "src_text", "tgt_text"], [["a", "hello", "hallo"],
+                                                                                 ["b", long, "gut"]])
+    status, _, err = run_main(capsys, "-d", too_long, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{too_long}:3: field larger than field limit (131072)")
+
+
+def test_manifest_with_bom_or_only_a_header(tmp_path, capsys):
+    manifest, log = _handwritten(tmp_path)
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    status, _, err = run_main(capsys, "-d", bom, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{bom}: line 1 starts with a UTF-8 byte-order mark")
+    header_only = write_tsv(tmp_path / "header.tsv", ["id", "src_text", "tgt_text"], [])
+    status, _, err = run_main(capsys, "-d", header_only, "-o", log)
+    assert status == 2
+    assert_one_line_error(err, f"{header_only}: no data rows, only a header")
+
+
 def test_reference_normalization():
     norm = gd.normalize_for_check
     assert norm("Das ist g@@ ut .") == norm("das ist gut.") == "dasistgut"

@@ -1,5 +1,7 @@
 """examples/imitkd/length_diagnostics.py: its stopping-point arithmetic against hand computations, and its
 one-line errors (the end-to-end run on a demo's output is in tests/test_demo.py)."""
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,3 +50,57 @@ def test_unknown_student_is_one_line_error(tmp_path, capsys):
     assert diag.main(["--demo", str(tmp_path), "--students", "nll,imit_kd"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --students: no checkpoint_best.pt for imit_kd in {tmp_path / 'students'} (have: nll)"]
+
+
+def fake_demo(root):
+    """What the checks before the work look at: students/<key>/checkpoint_best.pt, config.yaml, corpus/dev.tsv."""
+    (root / "students" / "nll").mkdir(parents=True)
+    (root / "students" / "nll" / "checkpoint_best.pt").write_bytes(b"")
+    (root / "config.yaml").write_text("input_channels: 1\n")
+    (root / "corpus").mkdir()
+    (root / "corpus" / "dev.tsv").write_text("id\taudio\tn_frames\ttgt_text\n")
+    return root
+
+
+def test_json_never_replaces_an_input_and_is_checked_first(tmp_path, capsys):
+    demo = fake_demo(tmp_path)
+    for target, problem in [(demo / "config.yaml", "exists and is not an output of length_diagnostics.py"),
+                            (demo / "nodir" / "out.json", f"directory {demo / 'nodir'} does not exist"),
+                            (demo / "students", "is a directory")]:
+        assert diag.main(["--demo", str(demo), "--json", str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --json {target}: {problem}"), err
+    assert (demo / "config.yaml").read_text() == "input_channels: 1\n"
+    earlier = demo / "out.json"
+    earlier.write_text(json.dumps({"nll": dict(dict.fromkeys(diag.FIELDS, 0.5), sentences=3)}))
+    assert diag.json_problem(earlier) is None  # an earlier output may be replaced
+    assert diag.json_problem(demo / "new.json") is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
+@pytest.mark.parametrize("a, b", [("-1", "-5"), ("0", "0")])
+def test_rollout_cap_the_criterion_rejects_is_one_line_error(tmp_path, capsys, a, b):
+    demo = fake_demo(tmp_path)
+    assert diag.main(["--demo", str(demo), "--rollout-max-len-a", a, "--rollout-max-len-b", b]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got {float(a)} / {int(b)}"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import
+def test_relative_demo_and_corpus_reach_fairseq_as_absolute_paths(tmp_path, capsys, monkeypatch):
+    """fairseq resolves a relative config_yaml against the data directory (--corpus)."""
+    from fairseq import checkpoint_utils
+
+    fake_demo(tmp_path / "demo")
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def load(path, overrides):
+        seen.append(overrides)
+        return {"cfg": argparse.Namespace(criterion=argparse.Namespace())}  # no expert: stops after loading
+
+    monkeypatch.setattr(checkpoint_utils, "load_checkpoint_to_cpu", load)
+    assert diag.main(["--demo", "demo", "--corpus", "demo/corpus"]) == 2
+    assert "no distilled student" in capsys.readouterr().err
+    demo = Path.cwd() / "demo"
+    assert seen == [{"data": str(demo / "corpus"), "config_yaml": str(demo / "config.yaml")}]

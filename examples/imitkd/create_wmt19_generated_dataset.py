@@ -22,6 +22,7 @@ complete command sequences.
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import os
 import re
@@ -98,8 +99,8 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
     """Read a fairseq S2T manifest exactly as fairseq does (``imitkd_data.manifest.read_table``: tab,
     ``QUOTE_NONE``: no quoting, no escapes; blank lines are skipped, so sample ids count non-blank data rows).
 
-    Raises InputError for a missing/unreadable or non-UTF-8 file, a header lacking one of ``required``,
-    duplicate column names, or a row whose field count differs from the header's.
+    Raises InputError for a missing/unreadable or non-UTF-8 file, a byte-order mark, a header lacking one of
+    ``required``, duplicate column names, no data rows, or a row whose field count differs from the header's.
     """
     try:
         table = read_table(path)
@@ -108,6 +109,11 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
     header = table.header
     if not header:
         raise InputError(f"{path}: empty manifest (no header row)")
+    if header[0].startswith("\ufeff"):
+        raise InputError(f"{path}: line 1 starts with a UTF-8 byte-order mark, which fairseq reads as part of the "
+                         f"first column name; save the manifest without BOM")
+    if not table.rows:
+        raise InputError(f"{path}: no data rows, only a header")
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise InputError(f"{path}: duplicate column name(s) in header: {', '.join(dup)}")
@@ -463,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the original text of rows a log has no hypothesis for (listed on stderr) "
                          "instead of failing")
     io.add_argument("--missing-ids", metavar="FILE",
-                    help="also write the manifest ids of all rows left unchanged by --allow-missing, one per line")
+                    help="also write the manifest ids of all rows left unchanged by --allow-missing, one per line "
+                         "(not to -d, -o, -a or -O)")
     hyp = p.add_argument_group("hypothesis text")
     hyp.add_argument("--hyp-line", choices=("D", "H"), default="D",
                      help="take hypotheses from D- lines (default: after fairseq's --post-process/--tokenizer/"
@@ -488,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for flag, path in (("-d/--dataset", args.dataset), ("-o/--output", args.output),
+                       ("-a/--audiotranscripts", args.audiotranscripts), ("-O/--out-file", args.out_file),
+                       ("--missing-ids", args.missing_ids)):
+        if path == "":
+            p.error(f"{flag}: empty path")
     if not args.output and not args.audiotranscripts:
         p.error("nothing to do: give -o/--output (expert log) and/or -a/--audiotranscripts (ASR log)")
     if args.remove_bpe is not None and args.remove_bpe not in BPE_SYMBOLS:
@@ -508,17 +520,26 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     if args.audiotranscripts:
         jobs.append(Job("-a", args.audiotranscripts, args.src_column, (args.src_column, args.tgt_column),
                         args.src_lang))
+    out_path = args.out_file or default_output_path(args.dataset)
+    if args.output and args.audiotranscripts and _same_file(args.output, args.audiotranscripts):
+        raise InputError(f"-o/--output {args.output} and -a/--audiotranscripts {args.audiotranscripts} are the "
+                         f"same log: -o is the expert's translations, -a the ASR transcripts")
+    # no output may name an input or the other output; -O naming -d replaces it (atomically, once read)
+    inputs = [("-o/--output", args.output), ("-a/--audiotranscripts", args.audiotranscripts)]
+    clashes = [("-O/--out-file", out_path, inputs),
+               ("--missing-ids", args.missing_ids, [("-d/--dataset", args.dataset), *inputs,
+                                                    ("-O/--out-file", out_path)])]
+    for flag, path, others in clashes:
+        for other_flag, other in others:
+            if path and other and _same_file(path, other):
+                raise InputError(f"{flag} {path}: the same file as {other_flag} {other}, which it would overwrite")
+    for flag, path in (("-O/--out-file", out_path), ("--missing-ids", args.missing_ids)):
+        if path and (os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path)))):
+            raise InputError(f"{flag} {path}: is a directory, or its directory does not exist")
     required = ["id", args.tgt_column] + [j.column for j in jobs]
     if args.check_ref == "src":
         required.append(args.src_column)
     manifest = read_manifest(args.dataset, list(dict.fromkeys(required)))
-    out_path = args.out_file or default_output_path(args.dataset)
-    for other in (args.output, args.audiotranscripts, args.missing_ids):
-        if other and os.path.abspath(other) == os.path.abspath(out_path):
-            raise InputError(f"-O/--out-file {out_path}: would overwrite an input log / --missing-ids file")
-    for flag, path in (("-O/--out-file", out_path), ("--missing-ids", args.missing_ids)):
-        if path and (os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path)))):
-            raise InputError(f"{flag} {path}: is a directory, or its directory does not exist")
     n_rows = len(manifest.rows)
     log(f"manifest {manifest.path}: {n_rows} rows, columns: {' '.join(manifest.header)}")
 
@@ -556,6 +577,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     id_col = manifest.column("id")
     all_missing = set()
     stats = []
+    field_limit = csv.field_size_limit()  # csv's default, which fairseq's manifest reader keeps
     for job, entries, missing in parsed:
         process = make_postprocessor(args.remove_bpe, args.detokenize, job.lang)
         col = manifest.column(job.column)
@@ -566,6 +588,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> str:
             elif args.remove_bpe == "sentencepiece" and "\u2581" in entry.hyp:
                 marker_seen = True
             text = process(entry.hyp)
+            if len(text) > field_limit:
+                raise InputError(f"{job.log}:{entry.line}: hypothesis of id {i} has {len(text)} characters, more "
+                                 f"than a manifest field may hold ({field_limit}: fairseq's csv reader could not "
+                                 f"read it back)")
             rows[i][col] = text
             n_tok = len(text.split())
             empty += n_tok == 0
@@ -647,6 +673,16 @@ def _raise_interrupted(signum, frame):
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _same_file(a: str, b: str) -> bool:
+    """True if paths ``a`` and ``b`` name one file (the same resolved path, or hard links to one file)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def _is_float(s: str) -> bool:
     try:
         float(s)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from imitkd_data import atomic
+
 FIELDS = ("rollout", "expert_on_rollout", "expert_on_gold", "student_on_gold", "expert_p_eos_rollout",
           "expert_p_eos_gold")
 
@@ -40,6 +42,24 @@ def mean_first_half(p: torch.Tensor, gold_len: torch.Tensor) -> torch.Tensor:
     half = (gold_len + 1).div(2, rounding_mode="floor").clamp(min=1)
     keep = torch.arange(p.size(1), device=p.device)[None, :] < half[:, None]
     return (p * keep).sum(1) / keep.sum(1)
+
+
+def json_problem(path: Path):
+    """Why ``--json path`` may not be written (None if it may): its directory must exist, and an existing file is
+    replaced only if it is an earlier output of this script (never, say, the demo's config.yaml)."""
+    if path.is_dir():
+        return "is a directory"
+    if not path.parent.is_dir():
+        return f"directory {path.parent} does not exist"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not UTF-8 or not JSON
+            old = None
+        if not (isinstance(old, dict) and old and all(isinstance(v, dict) and set(FIELDS) <= set(v)
+                                                      for v in old.values())):
+            return "exists and is not an output of length_diagnostics.py; not overwriting it (remove it first)"
+    return None
 
 
 def measure(criterion, model, batches, cap_a: float, cap_b: int) -> dict:
@@ -100,11 +120,22 @@ def main(argv=None) -> int:
     if not (corpus / f"{args.split}.tsv").is_file():
         print(f"error: --split {args.split}: {corpus / (args.split + '.tsv')} not found", file=sys.stderr)
         return 2
+    problem = args.json and json_problem(args.json)
+    if problem:
+        print(f"error: --json {args.json}: {problem}", file=sys.stderr)
+        return 2
     import imitkd  # noqa: F401  (registers the task and criteria)
     from fairseq import checkpoint_utils, tasks
+    from imitkd.rollout import length_cap_problem
+
+    problem = length_cap_problem(args.rollout_max_len_a, args.rollout_max_len_b)
+    if problem:  # the criterion's own rule
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     torch.manual_seed(0)
-    overrides = {"data": str(corpus), "config_yaml": str(args.demo / "config.yaml")}
+    # absolute paths: fairseq resolves a relative config_yaml against the data directory
+    overrides = {"data": str(corpus.absolute()), "config_yaml": str((args.demo / "config.yaml").absolute())}
     # any distilled student's checkpoint names the expert and how to feed it (the task, the source column)
     state = next((st for st in (checkpoint_utils.load_checkpoint_to_cpu(str(students_dir / k / "checkpoint_best.pt"),
                                                                         overrides) for k in have)
@@ -128,7 +159,11 @@ def main(argv=None) -> int:
         print(key + "\t" + "\t".join(f"{results[key][f]:.3f}" if f in FIELDS[:4] else f"{results[key][f]:.4f}"
                                       for f in FIELDS), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        try:
+            atomic.write_text(args.json, json.dumps(results, indent=1) + "\n")
+        except OSError as e:
+            print(f"error: --json {args.json}: cannot write: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -38,7 +38,7 @@ from ..errors import ImitKDError
 from ..expert import Expert
 from ..expert_checks import check_same_dictionary
 from ..losses import kd_cross_entropy
-from ..rollout import DECODINGS, length_caps, mix_prefixes, reorder_encoder_out, student_rollout
+from ..rollout import DECODINGS, length_cap_problem, length_caps, mix_prefixes, reorder_encoder_out, student_rollout
 from ..text_encoding import SourceEncoder
 
 
@@ -128,9 +128,9 @@ def check_config(cfg: DistillationConfig, rollouts: bool) -> Optional[BetaSchedu
                             f"got {cfg.rollout_temperature}")
         if cfg.rollout_topk < 0:
             problems.append(f"--rollout-topk must be >= 0 (0 = all tokens), got {cfg.rollout_topk}")
-        if cfg.rollout_max_len_a < 0 or cfg.rollout_max_len_b < 0 or cfg.rollout_max_len_a + cfg.rollout_max_len_b <= 0:
-            problems.append(f"--rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got "
-                            f"{cfg.rollout_max_len_a} / {cfg.rollout_max_len_b}")
+        cap_problem = length_cap_problem(cfg.rollout_max_len_a, cfg.rollout_max_len_b)
+        if cap_problem:
+            problems.append(cap_problem)
     if problems:
         raise ImitKDError("; ".join(problems))
     if not rollouts:
