@@ -64,13 +64,18 @@ def _check_text(text: Optional[str], what: str, where: str) -> str:
     return text
 
 
+def _mustc_base(root: Path, split: str, src_lang: str, tgt_lang: str) -> Path:
+    base = root / f"{src_lang}-{tgt_lang}" / "data" / split
+    if not base.is_dir() and (root / "data" / split).is_dir():
+        base = root / "data" / split
+    return base
+
+
 def read_mustc(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "de") -> List[Utterance]:
     import yaml
 
     root = Path(root)
-    base = root / f"{src_lang}-{tgt_lang}" / "data" / split
-    if not base.is_dir() and (root / "data" / split).is_dir():
-        base = root / "data" / split
+    base = _mustc_base(root, split, src_lang, tgt_lang)
     yaml_path = base / "txt" / f"{split}.yaml"
     if not yaml_path.is_file():
         raise DataPrepError(f"MuST-C segment list not found: {yaml_path}")
@@ -129,9 +134,13 @@ def _resolve_clip(clips: Path, name: str) -> Optional[Path]:
     return None
 
 
+def _covost_tables(root: Path, split: str, src_lang: str, tgt_lang: str) -> List[Path]:
+    return [root / f"covost_v2.{src_lang}_{tgt_lang}.{split}.tsv", root / f"{split}.tsv"]
+
+
 def read_covost(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "de") -> List[Utterance]:
     root = Path(root)
-    candidates = [root / f"covost_v2.{src_lang}_{tgt_lang}.{split}.tsv", root / f"{split}.tsv"]
+    candidates = _covost_tables(root, split, src_lang, tgt_lang)
     path = next((p for p in candidates if p.is_file()), None)
     rows = None
     if path is None:
@@ -203,6 +212,19 @@ def read_tsv_layout(root: Path, split: str, src_lang: str = "en", tgt_lang: str 
 
 
 READERS = {"mustc": read_mustc, "covost": read_covost, "tsv": read_tsv_layout}
+
+
+def input_files(layout: str, root: Path, splits: Sequence[str], src_lang: str = "en", tgt_lang: str = "de") -> List[Path]:
+    """The text files (tables, segment lists, transcripts) ``READERS[layout]`` may read for ``splits``, existing
+    or not: prep_s2t_data.py must not write over any of them."""
+    root = Path(root)
+    if layout == "mustc":
+        return [_mustc_base(root, s, src_lang, tgt_lang) / "txt" / f"{s}.{ext}"
+                for s in splits for ext in ("yaml", src_lang, tgt_lang)]
+    if layout == "covost":
+        return [p for s in splits for p in _covost_tables(root, s, src_lang, tgt_lang)] + [
+            root / f"covost_v2.{src_lang}_{tgt_lang}.tsv", root / "validated.tsv"]
+    return [root / f"{s}.tsv" for s in splits]
 
 
 def check_ids(utts: Iterable[Utterance]):

@@ -5,15 +5,16 @@ utterances that have none yet (``feature_store``; every file resampled to ``samp
 them, writes the manifests (``manifest``), the vocabulary (``vocab``) and the data config (``data_config``).
 """
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from .data_config import write_config
 from .errors import DataPrepError, make_output_dir
-from .feature_store import FeatureStore
+from .feature_store import FEATURE_NAME, FeatureStore
 from .features import SAMPLE_RATE, compute_fbank, resample
-from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, load_waveform
+from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, input_files, load_waveform
 from .manifest import write_manifest
 from .pool import map_with_progress
 from .vocab import setup_vocab
@@ -83,11 +84,19 @@ def prepare(
     if not data_root.is_dir():
         raise DataPrepError(f"data root not found: {data_root}")
     splits = list(splits or DEFAULT_SPLITS[layout])
-    make_output_dir(out_dir)
-    if layout == "tsv" and data_root.resolve() == out_dir.resolve():
-        raise DataPrepError("--out-dir must differ from --data-root for the tsv layout (the manifests would be overwritten)")
+    # argument errors first: nothing is created or written before them
     if not isinstance(sample_rate, int) or sample_rate < 1000:
         raise DataPrepError(f"--sample-rate must be an integer of at least 1000 (Hz), got {sample_rate!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise DataPrepError(f"--workers must be an integer >= 1, got {workers!r}")
+    vocab_splits = list(vocab_splits) if vocab_splits else [s for s in splits if s.startswith("train")]
+    unknown = [s for s in vocab_splits if s not in splits]
+    if unknown:
+        raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
+    written = [f"{s}.tsv" for s in splits] + ["config.yaml", f"{FEATURE_NAME}.zip"]
+    written += [f"spm_{vocab_type}{vocab_size}{ext}" for ext in (".model", ".txt", ".vocab")]
+    _check_not_inputs(out_dir, written, input_files(layout, data_root, splits, src_lang, tgt_lang))
+    make_output_dir(out_dir)
     store = FeatureStore(out_dir)
     if overwrite:
         shutil.rmtree(store.dir, ignore_errors=True)
@@ -103,11 +112,6 @@ def prepare(
     index = store.pack(keep_npy=keep_npy, progress=progress)
     for s in splits:
         write_manifest(out_dir / f"{s}.tsv", manifest_rows(by_split[s], index))
-
-    vocab_splits = list(vocab_splits) if vocab_splits else [s for s in splits if s.startswith("train")]
-    unknown = [s for s in vocab_splits if s not in by_split]
-    if unknown:
-        raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
     train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
     vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type=vocab_type, vocab_size=vocab_size,
                                             vocab_from_dict=vocab_from_dict, bpe_from=bpe_from)
@@ -122,6 +126,18 @@ def prepare(
         "config": str(config),
         "sample_rate": sample_rate,
     }
+
+
+def _check_not_inputs(out_dir: Path, names: Sequence[str], inputs: Sequence[Path]) -> None:
+    """None of the files ``names`` to be written in ``out_dir`` is one of the layout's ``inputs`` (e.g. the
+    covost/tsv ``<split>.tsv`` when --out-dir is --data-root): they would be overwritten."""
+    inputs = [p for p in inputs if p.is_file()]
+    for name in names:
+        out = out_dir / name
+        hit = next((p for p in inputs if out.is_file() and os.path.samefile(out, p)), None)
+        if hit is not None:
+            raise DataPrepError(f"--out-dir {out_dir}: writing {name} there would overwrite the input file {hit}; "
+                                "choose another --out-dir (it must differ from --data-root)")
 
 
 def _check_resumed_rate(config: Path, sample_rate: int) -> None:

@@ -1,5 +1,6 @@
 """examples/speech_to_text/prep_s2t_data.py (its library: imitkd_data.prep) on tiny fake MuST-C / CoVoST / TSV trees."""
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -343,3 +344,53 @@ def test_raw_audio_path_resamples_to_16k(tmp_path):
     native = fbank_from_file(str(p22), sample_rate=None)  # the file's own rate, as before
     n = min(len(native), len(f16))
     assert float(np.abs(native[:n] - f16[:n]).mean()) > 1.0
+
+
+# ------------------------------------------------------- bad inputs: one line, nothing lost or half-made
+def _one_error(capsys, *argv):
+    """Run the CLI in this process; returns its single ``error: ...`` line (status 2, no traceback)."""
+    status = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in err, (status, err)
+    return errors[0]
+
+
+def _tsv_argv(root, out, *extra):
+    return ["--layout", "tsv", "--data-root", root, "--out-dir", out, "--splits", "train", "dev", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("layout", ["covost", "tsv"])
+def test_out_dir_equal_to_data_root_overwrites_no_input(tmp_path, capsys, layout):
+    root = tmp_path / "in"
+    MAKERS[layout](root)
+    if layout == "covost":  # the fairseq-style names <split>.tsv, which prep_s2t_data.py writes too
+        for split in ("train", "dev"):
+            (root / f"covost_v2.en_de.{split}.tsv").rename(root / f"{split}.tsv")
+    before = {p: p.read_bytes() for p in root.glob("*.tsv")}
+    line = _one_error(capsys, "--layout", layout, "--data-root", root, "--out-dir", root, "--splits", "train", "dev",
+                      "--vocab-size", "30", "--no-progress")
+    assert line.startswith(f"error: --out-dir {root}: writing ") and "would overwrite the input file" in line
+    assert {p: p.read_bytes() for p in root.glob("*.tsv")} == before
+    assert not (root / "fbank80.zip").exists() and not (root / "config.yaml").exists()
+
+
+def test_covost_split_named_validated_would_overwrite_validated_tsv(tmp_path):
+    root = tmp_path / "in"
+    make_covost_tree(root)
+    (root / "validated.tsv").write_text("path\tsentence\tclient_id\n")
+    with pytest.raises(DataPrepError, match=r"writing validated\.tsv there would overwrite the input file .*/validated\.tsv"):
+        prepare("covost", root, root, splits=["validated"], progress=False)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--sample-rate", "0", r"^error: --sample-rate must be an integer of at least 1000 \(Hz\), got 0$"),
+    ("--workers", "-3", r"^error: --workers must be an integer >= 1, got -3$"),
+    ("--vocab-splits", "test", r"^error: --vocab-splits test not among the prepared splits train dev$"),
+])
+def test_argument_errors_come_before_the_output_dir_is_made(tmp_path, capsys, flag, value, message):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    line = _one_error(capsys, *_tsv_argv(root, out, flag, value))
+    assert re.search(message, line), line
+    assert not out.exists()
