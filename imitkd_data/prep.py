@@ -17,7 +17,7 @@ from .features import SAMPLE_RATE, compute_fbank, resample
 from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, input_files, load_waveform
 from .manifest import write_manifest
 from .pool import map_with_progress
-from .vocab import setup_vocab
+from .vocab import check_spm_model, check_vocab_size, setup_vocab
 
 logger = logging.getLogger("prep_s2t_data")
 
@@ -93,6 +93,12 @@ def prepare(
     unknown = [s for s in vocab_splits if s not in splits]
     if unknown:
         raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
+    if bpe_from is not None:
+        check_spm_model(bpe_from, "--bpe-from")
+    if vocab_from_dict is not None and not Path(vocab_from_dict).is_file():
+        raise DataPrepError(f"--vocab-from-dict: dictionary not found: {vocab_from_dict}")
+    if bpe_from is None and vocab_from_dict is None:
+        check_vocab_size(vocab_size, "--vocab-size")
     written = [f"{s}.tsv" for s in splits] + ["config.yaml", f"{FEATURE_NAME}.zip"]
     written += [f"spm_{vocab_type}{vocab_size}{ext}" for ext in (".model", ".txt", ".vocab")]
     _check_not_inputs(out_dir, written, input_files(layout, data_root, splits, src_lang, tgt_lang))
@@ -107,14 +113,15 @@ def prepare(
     by_split = {s: READERS[layout](data_root, s, src_lang, tgt_lang) for s in splits}
     all_utts = [u for s in splits for u in by_split[s]]
     check_ids(all_utts)
+    # the vocabulary before the features: an error in it (e.g. a size too small for the text) costs no extraction
+    train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
+    vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type=vocab_type, vocab_size=vocab_size,
+                                            vocab_from_dict=vocab_from_dict, bpe_from=bpe_from)
     computed = extract_features(all_utts, out_dir, workers=workers, dtype=feature_dtype, progress=progress,
                                 sample_rate=sample_rate)
     index = store.pack(keep_npy=keep_npy, progress=progress)
     for s in splits:
         write_manifest(out_dir / f"{s}.tsv", manifest_rows(by_split[s], index))
-    train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
-    vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type=vocab_type, vocab_size=vocab_size,
-                                            vocab_from_dict=vocab_from_dict, bpe_from=bpe_from)
     config = write_config(out_dir, vocab_filename, spm_model=spm_model, cmvn=cmvn, specaugment=specaugment,
                           audio_root=out_dir, sample_rate=sample_rate)
     return {

@@ -384,6 +384,9 @@ def test_covost_split_named_validated_would_overwrite_validated_tsv(tmp_path):
 
 
 @pytest.mark.parametrize("flag, value, message", [
+    ("--vocab-size", "0", r"^error: --vocab-size must be an integer > 4 \(the special symbols .*\), got 0$"),
+    ("--vocab-size", "-5", r"^error: --vocab-size must be an integer > 4 .*, got -5$"),
+    ("--vocab-size", "3", r"^error: --vocab-size must be an integer > 4 .*, got 3$"),
     ("--sample-rate", "0", r"^error: --sample-rate must be an integer of at least 1000 \(Hz\), got 0$"),
     ("--workers", "-3", r"^error: --workers must be an integer >= 1, got -3$"),
     ("--vocab-splits", "test", r"^error: --vocab-splits test not among the prepared splits train dev$"),
@@ -394,3 +397,22 @@ def test_argument_errors_come_before_the_output_dir_is_made(tmp_path, capsys, fl
     line = _one_error(capsys, *_tsv_argv(root, out, flag, value))
     assert re.search(message, line), line
     assert not out.exists()
+
+
+def test_vocab_size_smaller_than_the_characters_fails_before_the_features(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    line = _one_error(capsys, *_tsv_argv(root, out, "--vocab-size", "6"))
+    assert re.fullmatch(r"error: --vocab-size 6 is too small for the training text: sentencepiece needs at least "
+                        r"\d+ \(its characters and the 4 special symbols\)", line), line
+    assert not (out / "fbank80.zip").exists() and not (out / "fbank80").exists()
+
+
+def test_bpe_from_not_a_sentencepiece_model(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    bogus = tmp_path / "expert.model"
+    bogus.write_text("not a model\n")
+    line = _one_error(capsys, *_tsv_argv(root, out, "--bpe-from", bogus))
+    assert line.startswith(f"error: --bpe-from {bogus}: not a sentencepiece model (") and "ModelProto" in line
+    assert not out.exists()  # not copied, no features
