@@ -416,3 +416,83 @@ def test_bpe_from_not_a_sentencepiece_model(tmp_path, capsys):
     line = _one_error(capsys, *_tsv_argv(root, out, "--bpe-from", bogus))
     assert line.startswith(f"error: --bpe-from {bogus}: not a sentencepiece model (") and "ModelProto" in line
     assert not out.exists()  # not copied, no features
+
+
+def test_audio_with_nan_samples(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    wav = _signal(1, 0.3)
+    wav[100] = np.nan
+    sf.write(root / "audio" / "utt1.flac", wav, SR, subtype="FLOAT", format="WAV")  # a float wav (the .flac name is kept)
+    with pytest.raises(DataPrepError, match=r"train\.tsv:3: audio .*utt1\.flac has NaN or infinite samples$"):
+        prepare("tsv", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_tsv_row_with_more_or_fewer_fields_than_the_header(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    tsv = root / "train.tsv"
+    good = tsv.read_text().splitlines()
+    for edit, n in ((lambda cells: cells[:3] + ["hallo", "welt"] + cells[4:], 6),  # a tab inside tgt_text
+                    (lambda cells: cells[:3], 3)):  # cells missing
+        lines = list(good)
+        lines[2] = "\t".join(edit(lines[2].split("\t")))
+        tsv.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataPrepError, match=rf"train\.tsv:3: {n} tab-separated fields, the header has 5; "
+                                                r"a tab inside a text, or a cell missing\?$"):
+            prepare("tsv", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_covost_validated_tsv_without_a_needed_column(tmp_path):
+    root = tmp_path / "in"
+    make_covost_tree(root)
+    for split in ("train", "dev"):  # sentence/client_id must then come from validated.tsv
+        tsv = root / f"covost_v2.en_de.{split}.tsv"
+        tsv.write_text("\n".join("\t".join(line.split("\t")[::2]) for line in tsv.read_text().splitlines()) + "\n")
+    (root / "validated.tsv").write_text("file\tsentence\tclient_id\ncommon_voice_en_0.wav\thello world\tc0\n")
+    with pytest.raises(DataPrepError, match=r"validated\.tsv: missing column\(s\) path \(has: file, sentence, client_id\)$"):
+        prepare("covost", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def _mustc_txt(root: Path) -> Path:
+    return root / "en-de" / "data" / "train" / "txt"
+
+
+def test_mustc_text_not_utf8_and_yaml_malformed(tmp_path):
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    en = _mustc_txt(root) / "train.en"
+    en.write_bytes(en.read_bytes().replace(b"this is a test", b"this is a t\xe9st"))
+    with pytest.raises(DataPrepError, match=r"txt/train\.en:2: not UTF-8; re-encode"):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace("rw: 1,", "rw: 1", 1))
+    with pytest.raises(DataPrepError, match=r"txt/train\.yaml:1: not valid YAML \(.*\)$"):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("duration: 0.35, offset: 0.5", "duration: -0.35, offset: 0.5",
+     r"segment 2: offset 0\.5 / duration -0\.35: the offset must be >= 0 and the duration > 0 \(seconds\)$"),
+    ("duration: 0.35, offset: 0.5", "duration: 0.35, offset: -0.5", r"segment 2: offset -0\.5 / duration 0\.35: "),
+    ("duration: 0.35, offset: 0.5", "duration: 0.6, offset: 0.5",
+     r"segment 2: offset 0\.5s \+ duration 0\.6s ends past the end of .*/talkA\.wav \(1\.000s\)$"),
+])
+def test_mustc_segment_outside_its_wav(tmp_path, old, new, message):
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace(old, new))
+    with pytest.raises(DataPrepError, match=r"txt/train\.yaml: " + message):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_mustc_segment_a_few_ms_past_the_end_is_cut(tmp_path):
+    """Rounding in the yaml: up to layouts.SEGMENT_END_TOLERANCE (10 ms) past the end is cut at the end."""
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace("duration: 0.35, offset: 0.5", "duration: 0.505, offset: 0.5"))
+    prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+    rows = {r["id"]: r for r in read_manifest(tmp_path / "o" / "train.tsv")}
+    assert int(rows["talkA_1"]["n_frames"]) == 48  # 0.5 s of audio: (8000 - 400) // 160 + 1
