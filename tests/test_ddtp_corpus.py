@@ -330,6 +330,28 @@ def _tiny_translations(d: Path) -> Path:
     return d
 
 
+@pytest.mark.parametrize("content", ["", "\x00\x01 not a Translation file\nPackage x\n"])
+def test_translations_without_pairs_is_one_line_error_before_any_output(tmp_path, capsys, content):
+    tr = tmp_path / "tr"
+    tr.mkdir()
+    for lang in ("en", "de"):
+        (tr / f"Translation-{lang}").write_text(content)
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", tr, "--no-progress")
+    assert line == (f"error: no pairs for split(s) train, dev, test from {tr}/Translation-en and {tr}/Translation-de: "
+                    "Debian Translation-en/-de files with entries of the same Description-md5 are needed")
+    assert not out.exists()
+
+
+def test_translations_dir_missing_a_file_leaves_no_out_dir(tmp_path, capsys):
+    tr = _tiny_translations(tmp_path / "tr")
+    (tr / "Translation-de").unlink()
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", tr, "--no-progress")
+    assert line == f"error: --translations-dir: {tr}/Translation-de not found"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("size", ["0", "-5", "4"])
 def test_spm_vocab_size_out_of_range_before_any_output(tmp_path, capsys, size):
     out = tmp_path / "corpus"

@@ -70,11 +70,18 @@ def build(
     if spm_vocab_size is not None:
         check_vocab_size(spm_vocab_size, "--spm-vocab-size")
     out_dir = Path(out_dir)
-    make_output_dir(out_dir, BuildError)
+    if translations_dir is None:  # before the download, whose cache is <out_dir>/apt by default
+        make_output_dir(out_dir, BuildError)
     translations = _translations(out_dir, translations_dir, cache_dir, refresh)
     apt_source = recorded_apt_source(translations["en"].parent)  # what fetch_translations used (None: unknown)
     inputs = input_record(translations, apt_source)
     text, pools = select_text(translations, size, seed, counts)
+    empty = [s for s, pairs in text.items() if not pairs]
+    if empty:
+        raise BuildError(f"no pairs for split(s) {', '.join(empty)} from {translations['en']} and "
+                         f"{translations['de']}: Debian Translation-en/-de files with entries of the same "
+                         "Description-md5 are needed")
+    make_output_dir(out_dir, BuildError)
     params = build_params(size=size, seed=seed, counts=counts, feature_dtype=feature_dtype,
                           text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type,
                           train_voices=train_voices, unseen_engine=unseen_engine)
