@@ -5,18 +5,19 @@ utterances that have none yet (``feature_store``; every file resampled to ``samp
 them, writes the manifests (``manifest``), the vocabulary (``vocab``) and the data config (``data_config``).
 """
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from .data_config import write_config
 from .errors import DataPrepError, make_output_dir
-from .feature_store import FeatureStore
+from .feature_store import FEATURE_NAME, FeatureStore
 from .features import SAMPLE_RATE, compute_fbank, resample
-from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, load_waveform
+from .layouts import DEFAULT_SPLITS, READERS, Utterance, check_ids, input_files, load_waveform
 from .manifest import write_manifest
 from .pool import map_with_progress
-from .vocab import setup_vocab
+from .vocab import check_spm_model, check_vocab_size, setup_vocab
 
 logger = logging.getLogger("prep_s2t_data")
 
@@ -83,11 +84,25 @@ def prepare(
     if not data_root.is_dir():
         raise DataPrepError(f"data root not found: {data_root}")
     splits = list(splits or DEFAULT_SPLITS[layout])
-    make_output_dir(out_dir)
-    if layout == "tsv" and data_root.resolve() == out_dir.resolve():
-        raise DataPrepError("--out-dir must differ from --data-root for the tsv layout (the manifests would be overwritten)")
+    # argument errors first: nothing is created or written before them
     if not isinstance(sample_rate, int) or sample_rate < 1000:
         raise DataPrepError(f"--sample-rate must be an integer of at least 1000 (Hz), got {sample_rate!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise DataPrepError(f"--workers must be an integer >= 1, got {workers!r}")
+    vocab_splits = list(vocab_splits) if vocab_splits else [s for s in splits if s.startswith("train")]
+    unknown = [s for s in vocab_splits if s not in splits]
+    if unknown:
+        raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
+    if bpe_from is not None:
+        check_spm_model(bpe_from, "--bpe-from")
+    if vocab_from_dict is not None and not Path(vocab_from_dict).is_file():
+        raise DataPrepError(f"--vocab-from-dict: dictionary not found: {vocab_from_dict}")
+    if bpe_from is None and vocab_from_dict is None:
+        check_vocab_size(vocab_size, "--vocab-size")
+    written = [f"{s}.tsv" for s in splits] + ["config.yaml", f"{FEATURE_NAME}.zip"]
+    written += [f"spm_{vocab_type}{vocab_size}{ext}" for ext in (".model", ".txt", ".vocab")]
+    _check_not_inputs(out_dir, written, input_files(layout, data_root, splits, src_lang, tgt_lang))
+    make_output_dir(out_dir)
     store = FeatureStore(out_dir)
     if overwrite:
         shutil.rmtree(store.dir, ignore_errors=True)
@@ -98,19 +113,15 @@ def prepare(
     by_split = {s: READERS[layout](data_root, s, src_lang, tgt_lang) for s in splits}
     all_utts = [u for s in splits for u in by_split[s]]
     check_ids(all_utts)
+    # the vocabulary before the features: an error in it (e.g. a size too small for the text) costs no extraction
+    train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
+    vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type=vocab_type, vocab_size=vocab_size,
+                                            vocab_from_dict=vocab_from_dict, bpe_from=bpe_from)
     computed = extract_features(all_utts, out_dir, workers=workers, dtype=feature_dtype, progress=progress,
                                 sample_rate=sample_rate)
     index = store.pack(keep_npy=keep_npy, progress=progress)
     for s in splits:
         write_manifest(out_dir / f"{s}.tsv", manifest_rows(by_split[s], index))
-
-    vocab_splits = list(vocab_splits) if vocab_splits else [s for s in splits if s.startswith("train")]
-    unknown = [s for s in vocab_splits if s not in by_split]
-    if unknown:
-        raise DataPrepError(f"--vocab-splits {' '.join(unknown)} not among the prepared splits {' '.join(splits)}")
-    train_targets = [u.tgt_text for s in vocab_splits for u in by_split[s]]
-    vocab_filename, spm_model = setup_vocab(out_dir, train_targets, vocab_type=vocab_type, vocab_size=vocab_size,
-                                            vocab_from_dict=vocab_from_dict, bpe_from=bpe_from)
     config = write_config(out_dir, vocab_filename, spm_model=spm_model, cmvn=cmvn, specaugment=specaugment,
                           audio_root=out_dir, sample_rate=sample_rate)
     return {
@@ -122,6 +133,18 @@ def prepare(
         "config": str(config),
         "sample_rate": sample_rate,
     }
+
+
+def _check_not_inputs(out_dir: Path, names: Sequence[str], inputs: Sequence[Path]) -> None:
+    """None of the files ``names`` to be written in ``out_dir`` is one of the layout's ``inputs`` (e.g. the
+    covost/tsv ``<split>.tsv`` when --out-dir is --data-root): they would be overwritten."""
+    inputs = [p for p in inputs if p.is_file()]
+    for name in names:
+        out = out_dir / name
+        hit = next((p for p in inputs if out.is_file() and os.path.samefile(out, p)), None)
+        if hit is not None:
+            raise DataPrepError(f"--out-dir {out_dir}: writing {name} there would overwrite the input file {hit}; "
+                                "choose another --out-dir (it must differ from --data-root)")
 
 
 def _check_resumed_rate(config: Path, sample_rate: int) -> None:

@@ -4,6 +4,7 @@
 existing dictionary / model (``--vocab-from-dict`` / ``--bpe-from``: a student shares the expert's vocabulary).
 """
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple
@@ -18,10 +19,40 @@ logger = logging.getLogger("prep_s2t_data")
 SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>")
 
 
-def train_spm(texts: Iterable[str], model_prefix: Path, model_type: str = "unigram", vocab_size: int = 8000) -> Path:
-    """Train sentencepiece with fairseq's special ids (bos 0, pad 1, eos 2, unk 3); returns the .model path."""
+def check_vocab_size(vocab_size, flag: str = "--vocab-size") -> None:
+    """A sentencepiece size must leave room for more than the special pieces (sentencepiece's own limit,
+    the text's characters, is checked when training: ``train_spm``)."""
+    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_PIECES):
+        raise DataPrepError(f"{flag} must be an integer > {len(SPECIAL_PIECES)} (the special symbols "
+                            f"{' '.join(SPECIAL_PIECES)} come first), got {vocab_size!r}")
+
+
+def check_spm_model(path: Path, flag: str = "--bpe-from") -> None:
+    """``path`` is a sentencepiece model with fairseq's special ids 0-3 (before any work is done with it)."""
     import sentencepiece as spm
 
+    if not Path(path).is_file():
+        raise DataPrepError(f"{flag}: sentencepiece model not found: {path}")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise DataPrepError(f"{flag} {path}: not a sentencepiece model ({' '.join(str(e).split())})") from None
+    _check_special_pieces(sp, path)
+
+
+def _check_special_pieces(sp, spm_model: Path) -> None:
+    pieces = [sp.id_to_piece(i) for i in range(min(4, sp.get_piece_size()))]
+    if tuple(pieces) != SPECIAL_PIECES:
+        raise DataPrepError(f"{spm_model}: ids 0-3 are {pieces}, expected {list(SPECIAL_PIECES)} (fairseq convention)")
+
+
+def train_spm(texts: Iterable[str], model_prefix: Path, model_type: str = "unigram", vocab_size: int = 8000,
+              flag: str = "--vocab-size") -> Path:
+    """Train sentencepiece with fairseq's special ids (bos 0, pad 1, eos 2, unk 3); returns the .model path.
+    A ``vocab_size`` (the CLI's ``flag``) too small for the text's characters raises DataPrepError."""
+    import sentencepiece as spm
+
+    check_vocab_size(vocab_size, flag)
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     # a fixed input path (the model records it), so that the same text gives a byte-identical model
@@ -50,6 +81,13 @@ def train_spm(texts: Iterable[str], model_prefix: Path, model_type: str = "unigr
             hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
             minloglevel=2,
         )
+    except RuntimeError as e:
+        # "... Vocabulary size is smaller than required_chars. 10 vs 18. Increase vocab_size ..."
+        m = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if m is None:
+            raise
+        raise DataPrepError(f"{flag} {vocab_size} is too small for the training text: sentencepiece needs at least "
+                            f"{m.group(1)} (its characters and the {len(SPECIAL_PIECES)} special symbols)") from None
     finally:
         inp.unlink(missing_ok=True)
     return model_prefix.with_suffix(".model")
@@ -60,9 +98,8 @@ def write_fairseq_dict(spm_model: Path, dict_path: Path) -> int:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    _check_special_pieces(sp, spm_model)
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    if tuple(pieces[:4]) != SPECIAL_PIECES:
-        raise DataPrepError(f"{spm_model}: ids 0-3 are {pieces[:4]}, expected {list(SPECIAL_PIECES)} (fairseq convention)")
     atomic.write_lines(dict_path, [f"{piece} 1" for piece in pieces[4:]])
     return len(pieces) - 4
 

@@ -1,5 +1,6 @@
 """examples/speech_to_text/prep_s2t_data.py (its library: imitkd_data.prep) on tiny fake MuST-C / CoVoST / TSV trees."""
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -343,3 +344,155 @@ def test_raw_audio_path_resamples_to_16k(tmp_path):
     native = fbank_from_file(str(p22), sample_rate=None)  # the file's own rate, as before
     n = min(len(native), len(f16))
     assert float(np.abs(native[:n] - f16[:n]).mean()) > 1.0
+
+
+# ------------------------------------------------------- bad inputs: one line, nothing lost or half-made
+def _one_error(capsys, *argv):
+    """Run the CLI in this process; returns its single ``error: ...`` line (status 2, no traceback)."""
+    status = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in err, (status, err)
+    return errors[0]
+
+
+def _tsv_argv(root, out, *extra):
+    return ["--layout", "tsv", "--data-root", root, "--out-dir", out, "--splits", "train", "dev", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("layout", ["covost", "tsv"])
+def test_out_dir_equal_to_data_root_overwrites_no_input(tmp_path, capsys, layout):
+    root = tmp_path / "in"
+    MAKERS[layout](root)
+    if layout == "covost":  # the fairseq-style names <split>.tsv, which prep_s2t_data.py writes too
+        for split in ("train", "dev"):
+            (root / f"covost_v2.en_de.{split}.tsv").rename(root / f"{split}.tsv")
+    before = {p: p.read_bytes() for p in root.glob("*.tsv")}
+    line = _one_error(capsys, "--layout", layout, "--data-root", root, "--out-dir", root, "--splits", "train", "dev",
+                      "--vocab-size", "30", "--no-progress")
+    assert line.startswith(f"error: --out-dir {root}: writing ") and "would overwrite the input file" in line
+    assert {p: p.read_bytes() for p in root.glob("*.tsv")} == before
+    assert not (root / "fbank80.zip").exists() and not (root / "config.yaml").exists()
+
+
+def test_covost_split_named_validated_would_overwrite_validated_tsv(tmp_path):
+    root = tmp_path / "in"
+    make_covost_tree(root)
+    (root / "validated.tsv").write_text("path\tsentence\tclient_id\n")
+    with pytest.raises(DataPrepError, match=r"writing validated\.tsv there would overwrite the input file .*/validated\.tsv"):
+        prepare("covost", root, root, splits=["validated"], progress=False)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--vocab-size", "0", r"^error: --vocab-size must be an integer > 4 \(the special symbols .*\), got 0$"),
+    ("--vocab-size", "-5", r"^error: --vocab-size must be an integer > 4 .*, got -5$"),
+    ("--vocab-size", "3", r"^error: --vocab-size must be an integer > 4 .*, got 3$"),
+    ("--sample-rate", "0", r"^error: --sample-rate must be an integer of at least 1000 \(Hz\), got 0$"),
+    ("--workers", "-3", r"^error: --workers must be an integer >= 1, got -3$"),
+    ("--vocab-splits", "test", r"^error: --vocab-splits test not among the prepared splits train dev$"),
+])
+def test_argument_errors_come_before_the_output_dir_is_made(tmp_path, capsys, flag, value, message):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    line = _one_error(capsys, *_tsv_argv(root, out, flag, value))
+    assert re.search(message, line), line
+    assert not out.exists()
+
+
+def test_vocab_size_smaller_than_the_characters_fails_before_the_features(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    line = _one_error(capsys, *_tsv_argv(root, out, "--vocab-size", "6"))
+    assert re.fullmatch(r"error: --vocab-size 6 is too small for the training text: sentencepiece needs at least "
+                        r"\d+ \(its characters and the 4 special symbols\)", line), line
+    assert not (out / "fbank80.zip").exists() and not (out / "fbank80").exists()
+
+
+def test_bpe_from_not_a_sentencepiece_model(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    make_tsv_tree(root)
+    bogus = tmp_path / "expert.model"
+    bogus.write_text("not a model\n")
+    line = _one_error(capsys, *_tsv_argv(root, out, "--bpe-from", bogus))
+    assert line.startswith(f"error: --bpe-from {bogus}: not a sentencepiece model (") and "ModelProto" in line
+    assert not out.exists()  # not copied, no features
+
+
+def test_audio_with_nan_samples(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    wav = _signal(1, 0.3)
+    wav[100] = np.nan
+    sf.write(root / "audio" / "utt1.flac", wav, SR, subtype="FLOAT", format="WAV")  # a float wav (the .flac name is kept)
+    with pytest.raises(DataPrepError, match=r"train\.tsv:3: audio .*utt1\.flac has NaN or infinite samples$"):
+        prepare("tsv", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_tsv_row_with_more_or_fewer_fields_than_the_header(tmp_path):
+    root = tmp_path / "in"
+    make_tsv_tree(root)
+    tsv = root / "train.tsv"
+    good = tsv.read_text().splitlines()
+    for edit, n in ((lambda cells: cells[:3] + ["hallo", "welt"] + cells[4:], 6),  # a tab inside tgt_text
+                    (lambda cells: cells[:3], 3)):  # cells missing
+        lines = list(good)
+        lines[2] = "\t".join(edit(lines[2].split("\t")))
+        tsv.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataPrepError, match=rf"train\.tsv:3: {n} tab-separated fields, the header has 5; "
+                                                r"a tab inside a text, or a cell missing\?$"):
+            prepare("tsv", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_covost_validated_tsv_without_a_needed_column(tmp_path):
+    root = tmp_path / "in"
+    make_covost_tree(root)
+    for split in ("train", "dev"):  # sentence/client_id must then come from validated.tsv
+        tsv = root / f"covost_v2.en_de.{split}.tsv"
+        tsv.write_text("\n".join("\t".join(line.split("\t")[::2]) for line in tsv.read_text().splitlines()) + "\n")
+    (root / "validated.tsv").write_text("file\tsentence\tclient_id\ncommon_voice_en_0.wav\thello world\tc0\n")
+    with pytest.raises(DataPrepError, match=r"validated\.tsv: missing column\(s\) path \(has: file, sentence, client_id\)$"):
+        prepare("covost", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def _mustc_txt(root: Path) -> Path:
+    return root / "en-de" / "data" / "train" / "txt"
+
+
+def test_mustc_text_not_utf8_and_yaml_malformed(tmp_path):
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    en = _mustc_txt(root) / "train.en"
+    en.write_bytes(en.read_bytes().replace(b"this is a test", b"this is a t\xe9st"))
+    with pytest.raises(DataPrepError, match=r"txt/train\.en:2: not UTF-8; re-encode"):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace("rw: 1,", "rw: 1", 1))
+    with pytest.raises(DataPrepError, match=r"txt/train\.yaml:1: not valid YAML \(.*\)$"):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("duration: 0.35, offset: 0.5", "duration: -0.35, offset: 0.5",
+     r"segment 2: offset 0\.5 / duration -0\.35: the offset must be >= 0 and the duration > 0 \(seconds\)$"),
+    ("duration: 0.35, offset: 0.5", "duration: 0.35, offset: -0.5", r"segment 2: offset -0\.5 / duration 0\.35: "),
+    ("duration: 0.35, offset: 0.5", "duration: 0.6, offset: 0.5",
+     r"segment 2: offset 0\.5s \+ duration 0\.6s ends past the end of .*/talkA\.wav \(1\.000s\)$"),
+])
+def test_mustc_segment_outside_its_wav(tmp_path, old, new, message):
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace(old, new))
+    with pytest.raises(DataPrepError, match=r"txt/train\.yaml: " + message):
+        prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+
+
+def test_mustc_segment_a_few_ms_past_the_end_is_cut(tmp_path):
+    """Rounding in the yaml: up to layouts.SEGMENT_END_TOLERANCE (10 ms) past the end is cut at the end."""
+    root = tmp_path / "in"
+    make_mustc_tree(root)
+    y = _mustc_txt(root) / "train.yaml"
+    y.write_text(y.read_text().replace("duration: 0.35, offset: 0.5", "duration: 0.505, offset: 0.5"))
+    prepare("mustc", root, tmp_path / "o", splits=["train"], vocab_size=30, progress=False)
+    rows = {r["id"]: r for r in read_manifest(tmp_path / "o" / "train.tsv")}
+    assert int(rows["talkA_1"]["n_frames"]) == 48  # 0.5 s of audio: (8000 - 400) // 160 + 1

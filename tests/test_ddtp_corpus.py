@@ -6,6 +6,8 @@ missing pieces FAIL the tests with the fix in the message (CI installs espeak-ng
 """
 import hashlib
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -291,6 +293,84 @@ def test_output_directory_that_cannot_be_created_is_one_line_error(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stdout, out.stdout
     assert out.stdout.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'a-file' / 'corpus'}: cannot create the output directory (Not a directory)")
+
+
+def _builder_error(capsys, *argv):
+    """build_ddtp_st.py's main in this process; returns its single ``error: ...`` line (status 2, no traceback)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_ddtp_st", BUILDER)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    status = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in err, (status, err)
+    return errors[0]
+
+
+def _tiny_translations(d: Path) -> Path:
+    """Translation-en/-de with a few pairs in each of train/dev/test (package names chosen by ``split_of``)."""
+    d.mkdir(parents=True)
+    entries = {"en": [], "de": []}
+    need = {"train": 3, "dev": 2, "test": 2}
+    i = 0
+    while any(need.values()):
+        pkg, i = f"tool{i}", i + 1
+        if need[ddtp_text.split_of(pkg)] == 0:
+            continue
+        need[ddtp_text.split_of(pkg)] -= 1
+        word = "".join(chr(97 + (i // 26 ** k) % 26) for k in range(3))
+        md5 = hashlib.md5(pkg.encode()).hexdigest()
+        for lang, desc in (("en", f"reads the {word} files of a small archive"),
+                           ("de", f"liest die {word} Dateien eines kleinen Archivs")):
+            entries[lang].append(f"Package: {pkg}\nDescription-md5: {md5}\nDescription-{lang}: {desc}\n")
+    for lang, items in entries.items():
+        (d / f"Translation-{lang}").write_text("\n".join(items), encoding="utf-8")
+    return d
+
+
+@pytest.mark.parametrize("content", ["", "\x00\x01 not a Translation file\nPackage x\n"])
+def test_translations_without_pairs_is_one_line_error_before_any_output(tmp_path, capsys, content):
+    tr = tmp_path / "tr"
+    tr.mkdir()
+    for lang in ("en", "de"):
+        (tr / f"Translation-{lang}").write_text(content)
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", tr, "--no-progress")
+    assert line == (f"error: no pairs for split(s) train, dev, test from {tr}/Translation-en and {tr}/Translation-de: "
+                    "Debian Translation-en/-de files with entries of the same Description-md5 are needed")
+    assert not out.exists()
+
+
+def test_translations_dir_missing_a_file_leaves_no_out_dir(tmp_path, capsys):
+    tr = _tiny_translations(tmp_path / "tr")
+    (tr / "Translation-de").unlink()
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", tr, "--no-progress")
+    assert line == f"error: --translations-dir: {tr}/Translation-de not found"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "4"])
+def test_spm_vocab_size_out_of_range_before_any_output(tmp_path, capsys, size):
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", _tiny_translations(tmp_path / "tr"),
+                          "--spm-vocab-size", size, "--no-progress")
+    assert line == (f"error: --spm-vocab-size must be an integer > 4 (the special symbols <s> <pad> </s> <unk> come "
+                    f"first), got {size}")
+    assert not out.exists()
+
+
+def test_spm_vocab_size_smaller_than_the_characters_fails_before_the_speech(tmp_path, capsys):
+    if shutil.which("espeak-ng") is None:
+        pytest.fail(ESPEAK_HINT, pytrace=False)
+    out = tmp_path / "corpus"
+    line = _builder_error(capsys, "--out-dir", out, "--translations-dir", _tiny_translations(tmp_path / "tr"),
+                          "--spm-vocab-size", "10", "--no-progress")
+    assert re.fullmatch(r"error: --spm-vocab-size 10 is too small for the training text: sentencepiece needs at "
+                        r"least \d+ \(its characters and the 4 special symbols\)", line), line
+    assert not (out / "fbank80.zip").exists() and not (out / "fbank80").exists() and not (out / "train.tsv").exists()
 
 
 def test_skeleton_and_split_rules():

@@ -100,7 +100,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--unseen-engine", choices=list(UNSEEN_ENGINE_VOICES),
                    help="also dev_unseen_engine/test_unseen_engine: the dev/test sentences spoken by this synthesiser "
                         "(default: none)")
-    p.add_argument("--spm-vocab-size", type=int, help="also train a joint en+de sentencepiece model of this size + dict.txt + config.yaml")
+    p.add_argument("--spm-vocab-size", type=int, help="also train a joint en+de sentencepiece model of this size (> 4) + dict.txt + config.yaml")
     p.add_argument("--spm-type", default="unigram", choices=["unigram", "bpe"], help="joint sentencepiece model type")
     p.add_argument("--translations-dir", type=Path, help="use Translation-en/-de from this dir (no apt-get update)")
     p.add_argument("--cache-dir", type=Path, help="where apt lists and Translation files are cached (default <out>/apt)")

@@ -55,8 +55,11 @@ recomputed, so an interrupted run can simply be started again. Without ``--keep-
 are removed once they are safely in the zip. Use ``--overwrite`` to recompute everything. Resuming
 with another ``--sample-rate`` than the one config.yaml records is refused (the features would mix rates).
 
-Errors about the input (missing/unreadable audio, text line-count mismatch, empty transcript or
-translation, missing columns) are reported as one line naming the file/row, with exit status 2.
+Errors about the input (missing/unreadable audio or NaN samples, text line-count mismatch, empty transcript or
+translation, missing columns, a row with more or fewer fields than the header, a MuST-C segment outside its
+wav) are reported as one line naming the file/row, with exit status 2; so are bad arguments (checked before
+the output directory is made) and an ``--out-dir`` whose outputs would overwrite input files (e.g. the
+covost/tsv ``<split>.tsv`` when it is ``--data-root``).
 
 The code is the package ``imitkd_data`` (``prep.prepare``; no fairseq import); this file is its CLI.
 
@@ -90,7 +93,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--src-lang", default="en", help="source (speech) language code (default: en)")
     p.add_argument("--tgt-lang", default="de", help="target language code (default: de)")
     p.add_argument("--vocab-type", default="unigram", choices=["unigram", "bpe", "char"], help="sentencepiece model type")
-    p.add_argument("--vocab-size", default=8000, type=int, help="sentencepiece vocabulary size (default 8000)")
+    p.add_argument("--vocab-size", default=8000, type=int, help="sentencepiece vocabulary size, > 4 (default 8000)")
     p.add_argument("--vocab-splits", nargs="+", help="splits whose targets train the vocabulary (default: those named train*)")
     p.add_argument("--vocab-from-dict", type=Path, help="reuse this fairseq dictionary (e.g. the expert's target dict)")
     p.add_argument("--bpe-from", type=Path, help="reuse this sentencepiece model (e.g. the expert's)")

@@ -18,7 +18,7 @@ from ..errors import BuildError, ParamsMismatch, make_output_dir
 from ..feature_store import FeatureStore
 from ..manifest import write_manifest
 from ..pool import map_with_progress
-from ..vocab import train_spm, write_fairseq_dict
+from ..vocab import check_vocab_size, train_spm, write_fairseq_dict
 from .apt import LANGS, fetch_translations, recorded_apt_source
 from .provenance import build_params, input_record, is_complete, text_sha256, write_manifest_json
 from .speech import (SEEN_VOICES, TRAIN_VOICES, UNSEEN_ENGINE_VOICES, UNSEEN_VOICES, UttSpec, apt_install,
@@ -67,12 +67,21 @@ def build(
         raise BuildError(f"unknown train_voices {train_voices!r} (choose from {', '.join(TRAIN_VOICES)})")
     if unseen_engine is not None and unseen_engine not in UNSEEN_ENGINE_VOICES:
         raise BuildError(f"unknown unseen_engine {unseen_engine!r} (choose from {', '.join(UNSEEN_ENGINE_VOICES)})")
+    if spm_vocab_size is not None:
+        check_vocab_size(spm_vocab_size, "--spm-vocab-size")
     out_dir = Path(out_dir)
-    make_output_dir(out_dir, BuildError)
+    if translations_dir is None:  # before the download, whose cache is <out_dir>/apt by default
+        make_output_dir(out_dir, BuildError)
     translations = _translations(out_dir, translations_dir, cache_dir, refresh)
     apt_source = recorded_apt_source(translations["en"].parent)  # what fetch_translations used (None: unknown)
     inputs = input_record(translations, apt_source)
     text, pools = select_text(translations, size, seed, counts)
+    empty = [s for s, pairs in text.items() if not pairs]
+    if empty:
+        raise BuildError(f"no pairs for split(s) {', '.join(empty)} from {translations['en']} and "
+                         f"{translations['de']}: Debian Translation-en/-de files with entries of the same "
+                         "Description-md5 are needed")
+    make_output_dir(out_dir, BuildError)
     params = build_params(size=size, seed=seed, counts=counts, feature_dtype=feature_dtype,
                           text_sha=text_sha256(text), spm_vocab_size=spm_vocab_size, spm_type=spm_type,
                           train_voices=train_voices, unseen_engine=unseen_engine)
@@ -91,9 +100,10 @@ def build(
 
     plan = plan_utterances(text, seed, train_voices, unseen_engine)
     _write_text(out_dir / "text", text, plan)
+    # the vocabulary before the speech: an error in it (e.g. a size too small for the text) costs no synthesis
+    spm_info = _build_joint_spm(out_dir, spm_vocab_size, spm_type) if spm_vocab_size else None
     splits = _speech(out_dir, plan, workers=workers, feature_dtype=feature_dtype, save_audio=save_audio,
                      keep_npy=keep_npy, progress=progress)
-    spm_info = _build_joint_spm(out_dir, spm_vocab_size, spm_type) if spm_vocab_size else None
 
     outputs = [f"{s}.tsv" for s in plan] + ["fbank80.zip"]
     outputs += [f"text/{s}.{ext}" for s in BASE_SPLITS for ext in ("en", "de", "pairs.tsv")]
@@ -191,7 +201,7 @@ def _build_joint_spm(out_dir: Path, vocab_size: int, spm_type: str) -> dict:
 
     text_dir = out_dir / "text"
     train = [line for lang in LANGS for line in (text_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()]
-    model = train_spm(train, out_dir / "spm_joint", model_type=spm_type, vocab_size=vocab_size)
+    model = train_spm(train, out_dir / "spm_joint", model_type=spm_type, vocab_size=vocab_size, flag="--spm-vocab-size")
     n = write_fairseq_dict(model, out_dir / "dict.txt")
     sp = spm.SentencePieceProcessor(model_file=str(model))
     for s in BASE_SPLITS:
