@@ -63,10 +63,12 @@ class BetaSchedule:
         if self.hold_updates >= self.decay_updates:
             raise ValueError(f"--beta-hold-updates {self.hold_updates} leaves nothing of the {self.decay_updates} "
                              "decay updates (--beta-decay-updates or --max-update) to decay over")
-        if self.schedule == "exponential" and self.base <= 1.0:
-            raise ValueError(f"--beta-base must be > 1, got {self.base}")
-        if self.schedule == "inverse_sigmoid" and self.sigmoid_slope <= 0:
-            raise ValueError(f"--beta-sigmoid-slope must be > 0 (β falls with it), got {self.sigmoid_slope}")
+        # (comparisons written so that NaN fails them)
+        if self.schedule == "exponential" and not 1.0 < self.base < math.inf:
+            raise ValueError(f"--beta-base must be > 1 and finite, got {self.base}")
+        if self.schedule == "inverse_sigmoid" and not 0 < self.sigmoid_slope < math.inf:
+            raise ValueError(f"--beta-sigmoid-slope must be > 0 and finite (β falls with it), "
+                             f"got {self.sigmoid_slope}")
 
     def __call__(self, update_num: int) -> float:
         if self.schedule == "constant" or update_num < self.hold_updates:

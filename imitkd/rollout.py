@@ -13,6 +13,7 @@ as every row has finished.
 import contextlib
 import functools
 import logging
+import math
 from typing import Optional
 
 import torch
@@ -35,8 +36,8 @@ def length_caps(target_lengths: Tensor, a: float, b: int) -> Tensor:
 
 def length_cap_problem(a: float, b: int) -> Optional[str]:
     """What is wrong with the cap ``a · gold_len + b`` (a negative term, or both 0); None if nothing."""
-    if a < 0 or b < 0 or a + b <= 0:
-        return f"--rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got {a} / {b}"
+    if not (0 <= a < math.inf and 0 <= b < math.inf and a + b > 0):  # (so that NaN fails too)
+        return f"--rollout-max-len-a/--rollout-max-len-b must be >= 0, finite and not both 0, got {a} / {b}"
     return None
 
 

@@ -1,5 +1,6 @@
 """The distillation criterion in-process, on the toy corpus with the fairseq-trained toy expert:
 its loss against hand computations, β, which rows are rolled out, validation."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -7,6 +8,9 @@ from fairseq.sequence_generator import SequenceGenerator
 
 import toydata
 from toydata import EXACT, load_student
+
+from imitkd.criterions.distillation import DistillationConfig, check_config
+from imitkd.errors import ImitKDError
 
 
 def hand_ce(model, expert, sample, prev):
@@ -111,3 +115,17 @@ def test_validation_is_gold_nll(toy):
     nll = -lp.gather(-1, sample["target"][..., None]).squeeze(-1)
     assert size == sample["ntokens"]
     torch.testing.assert_close(loss, (nll * sample["target"].ne(1)).sum(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("ctc_weight", "nan"), ("ctc_weight", "inf"), ("rollout_temperature", "nan"), ("rollout_temperature", "inf"),
+    ("rollout_max_len_a", "nan"), ("rollout_max_len_a", "inf"), ("beta_base", "nan"), ("beta_base", "inf"),
+    ("kd_weight", "nan"), ("beta", "nan"), ("label_smoothing", "nan"),
+    ("beta_sigmoid_slope", "nan"), ("beta_sigmoid_slope", "inf"),
+])
+def test_nan_and_inf_fail_the_range_checks(flag, value):
+    """NaN passes a check written ``x < 0`` (and infinity one written ``x <= 0``): each names its flag and value."""
+    schedule = "inverse_sigmoid" if flag == "beta_sigmoid_slope" else "exponential"
+    cfg = DistillationConfig(max_update=100, sentence_avg=False, beta_schedule=schedule, **{flag: float(value)})
+    with pytest.raises(ImitKDError, match=rf"--{flag.replace('_', '-')}\b.* got {value}\b"):
+        check_config(cfg, rollouts=True)

@@ -83,7 +83,7 @@ def test_rollout_cap_the_criterion_rejects_is_one_line_error(tmp_path, capsys, a
     demo = fake_demo(tmp_path)
     assert diag.main(["--demo", str(demo), "--rollout-max-len-a", a, "--rollout-max-len-b", b]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: --rollout-max-len-a/--rollout-max-len-b must be >= 0 and not both 0, got {float(a)} / {int(b)}"]
+        f"error: --rollout-max-len-a/--rollout-max-len-b must be >= 0, finite and not both 0, got {float(a)} / {int(b)}"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, inside fairseq's import

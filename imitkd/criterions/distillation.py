@@ -112,20 +112,20 @@ class DistillationConfig(FairseqDataclass):
 
 def check_config(cfg: DistillationConfig, rollouts: bool) -> Optional[BetaSchedule]:
     """The one place where the flags are checked; returns the bound β schedule (None without
-    rollouts). Raises ImitKDError naming the flag."""
+    rollouts). Raises ImitKDError naming the flag. Every range check is written so that NaN fails it."""
     problems = []
     if not 0.0 <= cfg.kd_weight <= 1.0:
         problems.append(f"--kd-weight must be in [0, 1], got {cfg.kd_weight}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.ctc_weight < 0:
-        problems.append(f"--ctc-weight must be >= 0, got {cfg.ctc_weight}")
+    if not 0 <= cfg.ctc_weight < math.inf:
+        problems.append(f"--ctc-weight must be >= 0 and finite, got {cfg.ctc_weight}")
     if cfg.beta_decay_updates is not None and cfg.beta_decay_updates <= 0:
         problems.append(f"--beta-decay-updates must be positive, got {cfg.beta_decay_updates}")
     if rollouts:
-        if cfg.rollout_temperature <= 0:
-            problems.append(f"--rollout-temperature must be > 0 (use --rollout greedy for argmax rollouts), "
-                            f"got {cfg.rollout_temperature}")
+        if not 0 < cfg.rollout_temperature < math.inf:
+            problems.append(f"--rollout-temperature must be > 0 and finite (use --rollout greedy for argmax "
+                            f"rollouts), got {cfg.rollout_temperature}")
         if cfg.rollout_topk < 0:
             problems.append(f"--rollout-topk must be >= 0 (0 = all tokens), got {cfg.rollout_topk}")
         cap_problem = length_cap_problem(cfg.rollout_max_len_a, cfg.rollout_max_len_b)
