@@ -17,6 +17,38 @@ from fairseq.data import Dictionary, encoders
 from .errors import ImitKDError
 
 
+def load_dictionary(path, flag: str) -> Dictionary:
+    """fairseq's ``Dictionary.load(path)``; a file that is missing, not a dictionary, or holds no symbols
+    beyond the specials is one ImitKDError line naming ``flag`` and the file."""
+    if os.path.isdir(path):
+        raise ImitKDError(f"{flag}: {path} is a directory, not a dictionary file")
+    if not os.path.isfile(path):
+        raise ImitKDError(f"{flag}: dictionary not found: {path}")
+    try:
+        dictionary = Dictionary.load(str(path))
+    except OSError as e:
+        raise ImitKDError(f"{flag}: {path}: {e.strerror or e}") from None
+    except Exception as e:  # ValueError: a line without a count; RuntimeError: a duplicate; Exception: not UTF-8
+        where = f"{path}:{_bad_line(path)}" if isinstance(e, ValueError) else path
+        reason = str(e).replace("\n", "").strip()  # (fairseq quotes the bad line with its newline)
+        raise ImitKDError(f"{flag}: {where} is not a fairseq dictionary ({reason})") from None
+    if len(dictionary) <= dictionary.nspecial:
+        raise ImitKDError(f"{flag}: {path} is an empty dictionary (no symbols besides the special ones)")
+    return dictionary
+
+
+def _bad_line(path) -> str:
+    """The number of the first line of a dictionary file that is not ``<token> <count> [flags]``."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.rstrip().split(" ")
+            if fields[-1] == "#fairseq:overwrite":
+                fields = fields[:-1]
+            if len(fields) < 2 or not fields[-1].lstrip("-").isdigit():
+                return str(number)
+    return "?"
+
+
 class SourceEncoder:
     """Text → source token ids (1-D long, ``</s>`` last): tokenizer (e.g. moses) → BPE (sentencepiece,
     subword_nmt, fastbpe) → dictionary, exactly what fairseq-interactive feeds the model.

@@ -195,6 +195,12 @@ def text_arch(ctx, criterion="imit_kd_CE", extra=()):
     return args[:i] + args[i + 2:] + list(extra)
 
 
+def student_src_dict(ctx, text):
+    """A --student-src-dict (relative to the data directory) holding ``text``."""
+    (s2t_copy(ctx) / "dict.xx.txt").write_text(text)
+    return "dict.xx.txt"
+
+
 def ragged_row(ctx):
     data = s2t_copy(ctx)
     edit_tsv_line(data / "dev.tsv", 4, lambda b: b"\t".join(b.split(b"\t")[:3]))
@@ -430,6 +436,14 @@ ROWS: List[Row] = [
     Row("--student-src-dict not found", lambda c: text_arch(c, "imit_pipeline_nmt_training", [
         "--student-src-column", "src_text", "--student-src-dict", "dict.xx.txt"]), "imitkd-train", 2,
         r"^error: --student-src-dict: dictionary not found: .*/s2t/dict\.xx\.txt$"),
+    Row("--student-src-dict malformed", lambda c: text_arch(c, "imit_pipeline_nmt_training", [
+        "--student-src-column", "src_text", "--student-src-dict", student_src_dict(c, "hallo 3\nwelt\n")]),
+        "imitkd-train", 2, r"^error: --student-src-dict: .*/s2t/dict\.xx\.txt:2 is not a fairseq dictionary "
+        r"\(Incorrect dictionary format, expected '<token> <cnt> \[flags\]': \"welt\"\)$", before_model),
+    Row("--student-src-dict empty", lambda c: text_arch(c, "imit_pipeline_nmt_training", [
+        "--student-src-column", "src_text", "--student-src-dict", student_src_dict(c, "")]), "imitkd-train", 2,
+        r"^error: --student-src-dict: .*/s2t/dict\.xx\.txt is an empty dictionary \(no symbols besides the special "
+        r"ones\)$", before_model),
     # -- criterion vs task, β
     Row("--beta out of range", lambda c: train_argv(c, extra=["--beta", "1.5"]), "imitkd-train", 2,
         r"^error: --beta must be in \[0, 1\], got 1\.5$"),

@@ -16,13 +16,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
 from ..errors import ImitKDError
-from ..text_encoding import SourceEncoder
+from ..text_encoding import SourceEncoder, load_dictionary
 from . import bleu
 
 logger = logging.getLogger(__name__)
@@ -106,10 +105,7 @@ class SpeechToTextKDTask(SpeechToTextTask):
         if getattr(args, "student_src_column", None):
             src_dict = tgt_dict
             if args.student_src_dict:
-                path = Path(args.data) / args.student_src_dict
-                if not path.is_file():
-                    raise ImitKDError(f"--student-src-dict: dictionary not found: {path}")
-                src_dict = Dictionary.load(str(path))
+                src_dict = load_dictionary(Path(args.data) / args.student_src_dict, "--student-src-dict")
             self.student_source = SourceEncoder(src_dict, self.build_tokenizer(args), self.build_bpe(args))
 
     @property
