@@ -20,7 +20,8 @@ from fairseq.models.transformer import TransformerDecoderBase
 
 from . import precision
 from .errors import ImitKDError
-from .expert_checks import check_kind, check_translation_dicts
+from .expert_checks import check_dictionaries_fit, check_kind, embedding_rows, text_expert_dictionaries
+from .text_encoding import load_dictionary
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +53,49 @@ class Expert:
         """Load ``paths`` (``:``-separated for an ensemble). ``data_dir`` (the seed's ``--path``) is
         where the expert's task finds its dictionaries/config; ``vocab_src``/``vocab_tgt`` override
         the dictionaries of a text (translation) expert. ``expects`` ("text" or "speech"; None: no check)
-        is the kind of expert the criterion needs: the first checkpoint's stored task/arch must match,
-        checked before its task or data are loaded."""
+        is the kind of expert the criterion needs: every checkpoint's stored task/arch must match,
+        checked before its task or data are loaded. A text expert's dictionaries must fit every checkpoint."""
         filenames = [p for p in (paths or "").split(os.pathsep) if p]
         if not filenames:
             raise ImitKDError("--expert is required: path of the expert checkpoint (':'-separated for an ensemble)")
         for f in filenames:
+            if os.path.isdir(f):
+                raise ImitKDError(f"--expert: {f} is a directory, not a checkpoint file")
             if not os.path.isfile(f):
                 raise ImitKDError(f"--expert: checkpoint not found: {f}")
         overrides = {"data": data_dir} if data_dir else {}
         state = checkpoint_utils.load_checkpoint_to_cpu(filenames[0])  # as stored: no --path override yet
         cfg = state["cfg"]
+        members = [(filenames[0], cfg, embedding_rows(state))]  # every member's kind and vocabulary sizes
+        del state
+        for f in filenames[1:]:
+            member = checkpoint_utils.load_checkpoint_to_cpu(f)
+            members.append((f, member["cfg"], embedding_rows(member)))
+            del member
         if expects is not None:
-            check_kind(cfg, expects, filenames[0])
+            for f, member_cfg, _ in members:
+                check_kind(member_cfg, expects, f)
+        translation = getattr(cfg.task, "_name", None) == "translation"
+        if (vocab_src or vocab_tgt) and not translation:
+            raise ImitKDError(f"--expert-vocab-src/--expert-vocab-tgt apply to translation experts; {filenames[0]} "
+                              f"has task {cfg.task._name}")
+        stored = getattr(cfg.task, "data", None)
+        if not (data_dir or vocab_src and vocab_tgt) and stored and not os.path.isdir(stored):
+            raise ImitKDError(
+                f"--expert {filenames[0]}: its data directory {stored} (dictionaries, config) does not exist "
+                "here; pass --path DIR, or --expert-vocab-src/--expert-vocab-tgt")
         task = None
-        if vocab_src or vocab_tgt:
-            task = cls._translation_task(cfg, data_dir, vocab_src, vocab_tgt, filenames[0])
-        else:
-            stored = getattr(cfg.task, "data", None)
-            if not data_dir and stored and not os.path.isdir(stored):
-                raise ImitKDError(
-                    f"--expert {filenames[0]}: its data directory {stored} (dictionaries, config) does not exist "
-                    "here; pass --path DIR, or --expert-vocab-src/--expert-vocab-tgt")
-            if getattr(cfg.task, "_name", None) == "translation":
-                src, tgt = check_translation_dicts(cfg, data_dir, filenames[0])
-                if cfg.task.source_lang is None or cfg.task.target_lang is None:
-                    overrides.update(source_lang=src, target_lang=tgt)  # found in the stored directory
+        if translation:  # its dictionaries, checked against every member's embeddings before fairseq loads them
+            src, tgt, files = text_expert_dictionaries(cfg, data_dir, vocab_src, vocab_tgt, filenames[0])
+            dicts = [load_dictionary(path, flag) for flag, path in files]
+            for f, member_cfg, rows in members:
+                check_dictionaries_fit(member_cfg, rows, files, dicts, f)
+            if vocab_src or vocab_tgt:
+                from fairseq.tasks.translation import TranslationTask
+
+                task = TranslationTask(cfg.task, *dicts)
+            elif cfg.task.source_lang is None or cfg.task.target_lang is None:
+                overrides.update(source_lang=src, target_lang=tgt)  # found in the stored directory
         try:
             models, _, task = checkpoint_utils.load_model_ensemble_and_task(
                 filenames, arg_overrides=overrides or None, task=task)
@@ -85,22 +103,6 @@ class Expert:
             raise ImitKDError(f"--expert {paths}: {e} (set --path to the expert's data directory)") from None
         desc = f"expert {':'.join(filenames)}"
         return cls(models, task, dtype=dtype, description=desc), cfg
-
-    @staticmethod
-    def _translation_task(cfg, data_dir, vocab_src, vocab_tgt, filename):
-        from fairseq.tasks.translation import TranslationTask
-
-        data = data_dir or getattr(cfg.task, "data", "")
-        src_lang, tgt_lang = cfg.task.source_lang, cfg.task.target_lang
-        dicts = []
-        for flag, given, lang in (("--expert-vocab-src", vocab_src, src_lang), ("--expert-vocab-tgt", vocab_tgt, tgt_lang)):
-            path = given or os.path.join(data, f"dict.{lang}.txt")
-            if not os.path.isfile(path):
-                raise ImitKDError(f"{flag}: dictionary not found: {path}")
-            dicts.append(Dictionary.load(path))
-        if cfg.task._name != "translation":
-            raise ImitKDError(f"--expert-vocab-src/--expert-vocab-tgt apply to translation experts; {filename} has task {cfg.task._name}")
-        return TranslationTask(cfg.task, dicts[0], dicts[1])
 
     @property
     def source_dictionary(self) -> Optional[Dictionary]:

@@ -46,9 +46,10 @@ def check_kind(cfg, expects: str, filename: str) -> None:
         "imit_kd_CE, imit_kd or word_kd (the expert reads the transcript), or give a speech-to-text expert")
 
 
-def check_translation_dicts(cfg, data_dir: Optional[str], filename: str):
+def check_translation_dicts(cfg, data_dir: Optional[str], filename: str, given=(None, None)):
     """The translation task of a text expert loads ``dict.<src>.txt``/``dict.<tgt>.txt`` from its data
-    directory (``--path``, else the stored one); fail with one line naming what is missing there.
+    directory (``--path``, else the stored one); fail with one line naming what is missing there (a side
+    whose dictionary ``given`` names, --expert-vocab-src/-tgt, needs none there).
     Returns the (source, target) languages: recorded in ``cfg``, else inferred from the binarized files."""
     from fairseq.data.data_utils import infer_language_pair
 
@@ -67,11 +68,53 @@ def check_translation_dicts(cfg, data_dir: Optional[str], filename: str):
         raise ImitKDError(
             f"{where} has neither the text expert's dictionaries dict.<src>.txt/dict.<tgt>.txt nor binarized "
             f"data telling its languages ({filename} does not record them); {fix}")
-    missing = [f"dict.{lang}.txt" for lang in (src, tgt) if not os.path.isfile(os.path.join(data, f"dict.{lang}.txt"))]
+    missing = [f"dict.{lang}.txt" for lang, file in zip((src, tgt), given)
+               if not file and not os.path.isfile(os.path.join(data, f"dict.{lang}.txt"))]
     if missing:
         raise ImitKDError(f"{where} lacks the text expert's dictionaries {' and '.join(dict.fromkeys(missing))} "
                           f"({src}→{tgt}); {fix}")
     return src, tgt
+
+
+def text_expert_dictionaries(cfg, data_dir: Optional[str], vocab_src: Optional[str], vocab_tgt: Optional[str],
+                             filename: str):
+    """The (flag, file) of a text expert's source and target dictionary: --expert-vocab-src/-tgt where given,
+    else ``dict.<lang>.txt`` of its data directory (``--path``, else the one stored in the checkpoint), the
+    languages as ``check_translation_dicts`` finds them. Returns (source language, target language, [(flag,
+    file), (flag, file)])."""
+    given = (vocab_src, vocab_tgt)
+    src, tgt = cfg.task.source_lang, cfg.task.target_lang
+    if not all(given):
+        src, tgt = check_translation_dicts(cfg, data_dir, filename, given)
+    data = (data_dir or getattr(cfg.task, "data", None) or "").split(os.pathsep)[0]
+    where = "--path" if data_dir else f"--expert {filename} (its stored data directory)"
+    return src, tgt, [(flag, file) if file else (where, os.path.join(data, f"dict.{lang}.txt"))
+                      for flag, file, lang in (("--expert-vocab-src", vocab_src, src),
+                                               ("--expert-vocab-tgt", vocab_tgt, tgt))]
+
+
+def embedding_rows(state) -> dict:
+    """{"source"/"target": vocabulary size} of a text model's state (its token embeddings)."""
+    weights = state.get("model") or {}
+    return {side: weights[key].shape[0] for side, key in (("source", "encoder.embed_tokens.weight"),
+                                                          ("target", "decoder.embed_tokens.weight"))
+            if key in weights and hasattr(weights[key], "shape")}
+
+
+def check_dictionaries_fit(cfg, rows: dict, files, dicts, filename: str) -> None:
+    """Fail unless the source/target dictionaries (``files``: their (flag, path)) have the sizes of the
+    checkpoint's embeddings (``rows``: ``embedding_rows``) and, where it shares all embeddings, are one."""
+    for side, (flag, path), dictionary in zip(("source", "target"), files, dicts):
+        if side in rows and rows[side] != len(dictionary):
+            raise ImitKDError(
+                f"{flag}: {path} has {len(dictionary)} symbols, but the expert {filename} has {rows[side]} "
+                f"{side} embeddings: give the dictionaries the expert was trained with (fairseq-preprocess --destdir)")
+    if getattr(cfg.model, "share_all_embeddings", False) and dicts[0].symbols != dicts[1].symbols:
+        (sflag, spath), (tflag, tpath) = files
+        names = f"{sflag}: {spath} and {tpath}" if sflag == tflag else f"{sflag} {spath} and {tflag} {tpath}"
+        raise ImitKDError(
+            f"{names} differ, but the expert {filename} shares all embeddings "
+            "(--share-all-embeddings): its source and target dictionary are one joined dictionary")
 
 
 def check_same_dictionary(student: Dictionary, expert: Dictionary, expert_desc: str) -> None:

@@ -1,13 +1,16 @@
 """The wrong expert, its missing dictionaries or BPE model stop with one line naming the flag and file;
 ``--help`` of the console scripts lists the plugin's flags."""
+import os
 import re
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 
 import imitkd  # noqa: F401
 import toydata
+from fairseq.data import Dictionary
 from imitkd.errors import ImitKDError
 from imitkd.expert import Expert
 
@@ -45,6 +48,9 @@ def test_the_kind_of_expert_is_checked_before_its_task_is_loaded(toy, toy_studen
     assert str(e.value) == f"--expert {text} is a text translation model (task translation, arch transformer): {TEXT_HINT}"
     assert len(Expert.from_checkpoints(str(toy_student), str(toy / "s2t"), expects="speech")[0].models) == 1
     assert len(Expert.from_checkpoints(str(text), str(toy / "mt-bin"), expects="text")[0].models) == 1
+    with pytest.raises(ImitKDError) as e:  # every member of an ensemble, not only the first
+        Expert.from_checkpoints(f"{text}{os.pathsep}{toy_student}", str(toy / "mt-bin"), expects="text")
+    assert str(e.value).startswith(f"--expert {toy_student} is a speech-to-text model")
 
 
 @pytest.mark.slow
@@ -88,6 +94,75 @@ def test_path_checks_in_process(toy, tmp_path):
     for lang in ("en", "de"):
         shutil.copy(toy / "mt-bin" / f"dict.{lang}.txt", dicts_only)
     assert Expert.from_checkpoints(expert, str(dicts_only), expects="text")[0].source_dictionary is not None
+
+
+def expert_dicts(toy, tmp_path, edit_en=lambda lines: lines):
+    """A copy of the toy expert's dictionaries, dict.en.txt's lines edited."""
+    out = tmp_path / "dicts"
+    out.mkdir()
+    shutil.copy(toy / "mt-bin" / "dict.de.txt", out)
+    lines = (toy / "mt-bin" / "dict.en.txt").read_text().splitlines(keepends=True)
+    (out / "dict.en.txt").write_text("".join(edit_en(lines)))
+    return out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:-3], r"--path: {d}/dict\.en\.txt has (\d+) symbols, but the expert {e} has (\d+) source "
+                               r"embeddings: give the dictionaries the expert was trained with"),
+    (lambda lines: [], r"--path: {d}/dict\.en\.txt is an empty dictionary \(no symbols besides the special ones\)$"),
+    (lambda lines: lines[:2] + ["nocount\n"] + lines[2:], r"--path: {d}/dict\.en\.txt:3 is not a fairseq dictionary "
+                                                         r"\(Incorrect dictionary format, .*\"nocount\"\)$"),
+], ids=["shorter", "empty", "malformed"])
+def test_expert_dictionaries_that_do_not_fit_its_checkpoint(toy, tmp_path, edit, message):
+    """Dictionaries shorter than the checkpoint's embeddings, empty or malformed: one line naming file and checkpoint
+    (was a size-mismatch or dictionary-format traceback)."""
+    expert = str(toy / "expert" / "checkpoint_best.pt")
+    dicts = expert_dicts(toy, tmp_path, edit)
+    with pytest.raises(ImitKDError) as e:
+        Expert.from_checkpoints(expert, str(dicts), expects="text")
+    match = re.match(message.format(d=re.escape(str(dicts)), e=re.escape(expert)), str(e.value))
+    assert match, str(e.value)
+    if match.groups():
+        assert int(match[1]) == int(match[2]) - 3
+    with pytest.raises(ImitKDError, match=r"^--expert-vocab-src: .*/dicts/dict\.en\.txt"):  # the flag's file alike
+        Expert.from_checkpoints(expert, None, vocab_src=str(dicts / "dict.en.txt"), expects="text")
+
+
+def test_one_expert_vocab_flag_alone_fills_the_other_side_as_without_flags(toy):
+    """--expert-vocab-tgt alone: the source dictionary is dict.<src>.txt of the data directory, its language found
+    as without the flags (was dict.None.txt); likewise --expert-vocab-src alone."""
+    expert, bin_dir = str(toy / "expert" / "checkpoint_best.pt"), toy / "mt-bin"
+    for flags in (dict(vocab_tgt=str(bin_dir / "dict.de.txt")), dict(vocab_src=str(bin_dir / "dict.en.txt"))):
+        for data_dir in (None, str(bin_dir)):
+            loaded, _ = Expert.from_checkpoints(expert, data_dir, expects="text", **flags)
+            assert loaded.source_dictionary.symbols == Dictionary.load(str(bin_dir / "dict.en.txt")).symbols
+            assert loaded.target_dictionary.symbols == Dictionary.load(str(bin_dir / "dict.de.txt")).symbols
+
+
+def test_an_expert_sharing_all_embeddings_needs_one_joined_dictionary():
+    from imitkd.expert_checks import check_dictionaries_fit
+
+    src, tgt = Dictionary(), Dictionary()
+    for w in ("a", "b"):
+        src.add_symbol(w)
+    for w in ("b", "a"):
+        tgt.add_symbol(w)
+    files = [("--expert-vocab-src", "s.txt"), ("--expert-vocab-tgt", "t.txt")]
+    rows = {"source": 6, "target": 6}
+    check_dictionaries_fit(SimpleNamespace(model=SimpleNamespace()), rows, files, [src, tgt], "x.pt")
+    with pytest.raises(ImitKDError, match=r"^--expert-vocab-src s\.txt and --expert-vocab-tgt t\.txt differ, but the "
+                                          r"expert x\.pt shares all embeddings \(--share-all-embeddings\)"):
+        check_dictionaries_fit(SimpleNamespace(model=SimpleNamespace(share_all_embeddings=True)), rows, files,
+                               [src, tgt], "x.pt")
+
+
+def test_a_directory_as_checkpoint_is_named_as_such(tmp_path):
+    from imitkd.tasks.speech_to_text_kd import load_pretrained_encoder
+
+    with pytest.raises(ImitKDError, match=rf"^--expert: {re.escape(str(tmp_path))} is a directory, not a checkpoint"):
+        Expert.from_checkpoints(str(tmp_path), None)
+    with pytest.raises(ImitKDError, match=rf"^--load-pretrained-encoder-from: is a directory, not a checkpoint file: "):
+        load_pretrained_encoder(None, str(tmp_path))
 
 
 @pytest.mark.slow

@@ -51,7 +51,8 @@ def load_pretrained_encoder(model, path: str) -> None:
     from fairseq import checkpoint_utils
 
     if not Path(path).is_file():
-        raise ImitKDError(f"--load-pretrained-encoder-from: checkpoint not found: {path}")
+        what = "is a directory, not a checkpoint file" if Path(path).is_dir() else "checkpoint not found"
+        raise ImitKDError(f"--load-pretrained-encoder-from: {what}: {path}")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
     weights = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     if getattr(model.encoder, "ctc_proj", None) is None:
