@@ -120,6 +120,28 @@ def test_bad_seed_methods_are_one_line_errors(tmp_path, flags, message):
     assert not (tmp_path / "demo").exists()  # nothing built before the flags are checked
 
 
+@pytest.mark.parametrize("flags, message", [
+    (("--threads", "-1"), "error: --threads must be >= 0 (0 = torch's choice), got -1"),
+    (("--workers", "0"), "error: --workers must be >= 1, got 0"),
+    (("--max-len", "0"), "error: --max-len must be >= 1, got 0"),
+    (("--beta-hold", "-5"), "error: --beta-hold must be >= 0, got -5"),
+    (("--expert-text-pairs", "-5"), "error: --expert-text-pairs must be >= -1 (-1 = the whole DDTP train pool), got -5"),
+    (("--seed", "-1"), "error: --seed must be >= 0, got -1"),
+    (("--student-seeds", "2,-3"), "error: --student-seeds 2,-3: seeds must be >= 0"),
+    (("--methods", "nll,word_kd,nll"), "error: --methods: nll given twice"),
+    (("--methods", ","), "error: --methods: no students given (choose from nll, word_kd, imit_kd_CE, imit_kd, kdt, "
+                         "imitkdt, seqkd, imitkd_star)"),
+    (("--decodings", "greedy,greedy"), "error: --decodings: greedy given twice"),
+    (("--seed-methods", "nll,nll", "--student-seeds", "2"), "error: --seed-methods: nll given twice"),
+])
+def test_out_of_range_and_repeated_flags_are_one_line_errors_at_start_up(tmp_path, flags, message):
+    """(They used to be accepted, and most failed only after the ASR model and the expert had trained.)"""
+    out = run_demo("--size", "ci", "--out", tmp_path / "demo", *flags, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stdout
+    assert [line for line in out.stdout.splitlines() if line.startswith("error:")] == [message]
+    assert not (tmp_path / "demo").exists()
+
+
 def test_seed_methods_limit_only_the_further_seeds(tmp_path):
     """``--seed-methods`` picks which students ``--student-seeds`` trains again; every student keeps its
     seed-1 job (the main table's rows)."""

@@ -1594,12 +1594,27 @@ def main(argv=None) -> int:
     for k in ("expert_updates", "asr_updates", "student_updates", "expert_text_pairs", "beta_hold", "asr_extra"):
         if getattr(args, k) is not None:
             P[k] = getattr(args, k)
-    if args.methods:
+    too_small = [f"{flag} must be >= {low}{note}, got {value}" for flag, value, low, note in (
+        ("--seed", args.seed, 0, ""), ("--max-len", args.max_len, 1, ""), ("--workers", args.workers, 1, ""),
+        ("--threads", args.threads, 0, " (0 = torch's choice)"), ("--beta-hold", P["beta_hold"], 0, ""),
+        ("--expert-text-pairs", P["expert_text_pairs"], ALL_PAIRS, f" ({ALL_PAIRS} = the whole DDTP train pool)"),
+        ("--asr-extra", P["asr_extra"], 0, "")) if value < low]
+    if too_small:
+        print(f"error: {too_small[0]}", file=sys.stderr)
+        return 2
+    if args.methods is not None:
         P["methods"] = comma_list(args.methods)
     unknown = [m for m in P["methods"] if m not in METHODS]
-    if unknown:
-        print(f"error: --methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})", file=sys.stderr)
+    if unknown or not P["methods"]:
+        what = f"unknown {', '.join(unknown)}" if unknown else "no students given"
+        print(f"error: --methods: {what} (choose from {', '.join(METHODS)})", file=sys.stderr)
         return 2
+    for flag, items in (("--methods", P["methods"]), ("--seed-methods", comma_list(args.seed_methods or "")),
+                        ("--decodings", comma_list(args.decodings))):
+        twice = [x for i, x in enumerate(items) if x in items[:i]]
+        if twice:
+            print(f"error: {flag}: {twice[0]} given twice", file=sys.stderr)
+            return 2
     if args.seed_methods is not None:
         chosen = set(comma_list(args.seed_methods))
         stray = [m for m in sorted(chosen) if m not in P["methods"]]
@@ -1627,8 +1642,8 @@ def main(argv=None) -> int:
         print(f"error: --student-seeds {','.join(map(str, args.student_seeds))}: each seed once, and not --seed "
               f"({args.seed})", file=sys.stderr)
         return 2
-    if P["asr_extra"] < 0:
-        print(f"error: --asr-extra must be >= 0, got {P['asr_extra']}", file=sys.stderr)
+    if any(seed < 0 for seed in args.student_seeds):
+        print(f"error: --student-seeds {','.join(map(str, args.student_seeds))}: seeds must be >= 0", file=sys.stderr)
         return 2
     args.out = args.out.resolve()
     try:
