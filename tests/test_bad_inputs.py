@@ -207,6 +207,22 @@ def frames_not_a_number(ctx, line=4):
     return train_argv(ctx, data)
 
 
+TOY_CONFIG = "input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.de.txt\n"  #: toydata's
+
+
+def with_config(ctx, text):
+    """train_argv reading the data config ``text`` (DATA/cfg.yaml, in the copy of the toy data dir)."""
+    data = s2t_copy(ctx)
+    (data / "cfg.yaml").write_text(text)
+    return train_argv(ctx, data, extra=["--config-yaml", "cfg.yaml"])
+
+
+def generate_argv(ctx, *extra, path=None):
+    """imitkd-generate of the student checkpoint (or ``path``) on the toy test split."""
+    return [s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset", "test",
+            "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
+
+
 def ctc_argv(ctx, path, *extra):
     return [s2t_copy(ctx), "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", path, "--cpu", *extra]
 
@@ -430,6 +446,34 @@ ROWS: List[Row] = [
     Row("--student-src-dict not found", lambda c: text_arch(c, "imit_pipeline_nmt_training", [
         "--student-src-column", "src_text", "--student-src-dict", "dict.xx.txt"]), "imitkd-train", 2,
         r"^error: --student-src-dict: dictionary not found: .*/s2t/dict\.xx\.txt$"),
+    # -- the data config (--config-yaml), checked before fairseq reads it
+    Row("--config-yaml not found", lambda c: train_argv(c, extra=["--config-yaml", "nosuch.yaml"]), "imitkd-train", 2,
+        r"^error: --config-yaml nosuch\.yaml: data config not found: .*/s2t/nosuch\.yaml \(a relative path", before_model),
+    Row("--config-yaml not found (generate)", lambda c: generate_argv(c, "--config-yaml", "nosuch.yaml"),
+        "imitkd-generate", 2, r"^error: --config-yaml nosuch\.yaml: data config not found"),
+    Row("--config-yaml not valid YAML", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer: {bpe: sentencepiece\n"
+                                                                  "audio_root: /tmp\n"), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml:5: not valid YAML \(.*\) \(--config-yaml\)$", before_model),
+    Row("--config-yaml a list", lambda c: with_config(c, "- input_channels: 1\n"), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml: a YAML list, not a mapping of keys", before_model),
+    Row("--config-yaml empty", lambda c: with_config(c, ""), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml: empty, not a mapping of keys", before_model),
+    Row("config vocab_filename not found", lambda c: with_config(c, TOY_CONFIG.replace("dict.de", "nosuch")),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: vocab_filename: dictionary not found: .*/s2t/nosuch\.txt",
+        before_model),
+    Row("config sentencepiece_model not found", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer:\n  bpe: "
+                                                                          "sentencepiece\n  sentencepiece_model: x.model\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: bpe_tokenizer\.sentencepiece_model: file not found: x\.model$",
+        before_model),
+    Row("config sentencepiece_model not a model", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer:\n  bpe: "
+                                                                            "sentencepiece\n  sentencepiece_model: dict.de.txt\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: bpe_tokenizer\.sentencepiece_model .*/dict\.de\.txt: not a "
+        r"sentencepiece model \(", before_model),
+    Row("config transform unknown", lambda c: with_config(c, TOY_CONFIG + "transforms:\n  _train: [utterance_cmvnX]\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: transforms\._train: unknown feature transform 'utterance_cmvnX' "
+        r"\(fairseq has: .*utterance_cmvn\)$", before_model),
+    Row("config audio_root not found", lambda c: with_config(c, TOY_CONFIG + f"audio_root: {c.tmp}/nosuchroot\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: audio_root: no such directory: .*/nosuchroot$", before_model),
     # -- criterion vs task, β
     Row("--beta out of range", lambda c: train_argv(c, extra=["--beta", "1.5"]), "imitkd-train", 2,
         r"^error: --beta must be in \[0, 1\], got 1\.5$"),
