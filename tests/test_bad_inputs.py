@@ -133,6 +133,7 @@ def _signal_mid_write(signum):
 COMMANDS = {
     "imitkd-train": lambda argv, ctx: _console_script(imitkd.cli.train, argv),
     "imitkd-generate": lambda argv, ctx: _console_script(imitkd.cli.generate, argv),
+    "imitkd-validate": lambda argv, ctx: _console_script(imitkd.cli.validate, argv),
     "create_wmt19_generated_dataset.py": _script_main(gd.main),
     "create_wmt19_generated_dataset.py + SIGTERM mid-write": _signal_mid_write(signal.SIGTERM),
     "create_wmt19_generated_dataset.py + SIGHUP mid-write": _signal_mid_write(signal.SIGHUP),
@@ -492,6 +493,20 @@ ROWS: List[Row] = [
         needs=("toy_student",)),
     Row("--save-dir under a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c) / "ckpt"]), "imitkd-train", 2,
         r"^error: .*/a-file/ckpt: Not a directory$"),
+    Row("generate --path not found", lambda c: generate_argv(c, path=c.tmp / "nosuch.pt"), "imitkd-generate", 2,
+        r"^error: --path .*/nosuch\.pt: checkpoint not found$"),
+    Row("generate --path ensemble member missing", lambda c: generate_argv(c, path=f"{c.student_ckpt}:{c.tmp}/b.pt"),
+        "imitkd-generate", 2, r"^error: --path .*\.pt:.*/b\.pt \(ensemble member .*/b\.pt\): checkpoint not found$"),
+    Row("validate --path not found", lambda c: [s2t_copy(c), "--task", "speech_to_text_kd", "--config-yaml",
+                                                "config.yaml", "--path", c.tmp / "nosuch.pt", "--cpu"],
+        "imitkd-validate", 2, r"^error: --path .*/nosuch\.pt: checkpoint not found$"),
+    Row("generate --beam 0", lambda c: generate_argv(c, "--beam", "0"), "imitkd-generate", 2,
+        r"^error: --beam must be >= 1, got 0$"),
+    Row("generate --max-len-a 0 --max-len-b 0", lambda c: generate_argv(c, "--max-len-a", "0", "--max-len-b", "0"),
+        "imitkd-generate", 2, r"^error: --max-len-b 0 with --max-len-a 0 leaves no room for an output of --min-len 1 "
+        r"token\(s\); set --max-len-b >= 1$"),
+    Row("generate --results-path a file", lambda c: generate_argv(c, "--results-path", a_file(c)), "imitkd-generate",
+        2, r"^error: --results-path .*/a-file: not a directory \(it is a file\)$"),
     Row("--load-pretrained-encoder-from not found", lambda c: train_argv(c, extra=[
         "--load-pretrained-encoder-from", c.tmp / "asr.pt"]), "imitkd-train", 2,
         r"^error: --load-pretrained-encoder-from: checkpoint not found: .*/asr\.pt$"),
