@@ -15,6 +15,9 @@ import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
 from . import checkpoints, cli_help
 from .errors import ImitKDError, path_error
 
+_LAST = "checkpoint_last.pt"  #: fairseq's default --restore-file (read from --save-dir)
+
+
 def _run(main, loads_checkpoints=False, check=None):
     """Run a fairseq CLI ``main``; ``check(argv)`` first checks flags fairseq would fail on with a traceback
     (skipped for ``-h``). Bad input ends in one ``error: ...`` line and exit status 2."""
@@ -29,6 +32,11 @@ def _run(main, loads_checkpoints=False, check=None):
         _fail(e)
     except OSError as e:  # a path fairseq cannot read or create (--save-dir under a file, no permission): one line
         _fail(path_error(e))
+    except Exception as e:  # fairseq's failures to resume (a bare Exception, AssertionErrors): one line
+        error = resume_error(e, sys.argv[1:])
+        if error is None:
+            raise
+        _fail(error)
 
 
 def _fail(error: Exception):
@@ -70,6 +78,16 @@ def _check_directory(argv, flag, default=None):
         raise ImitKDError(f"{flag} {value}: not a directory ({where})")
 
 
+def check_train_flags(argv: List[str]) -> None:
+    """imitkd-train: --seed, --max-tokens, --save-dir and an explicit --restore-file."""
+    _check_number(argv, "--seed", int, 0, 2 ** 32 - 1)  # numpy's seed range
+    _check_number(argv, "--max-tokens", int, 1)
+    _check_directory(argv, "--save-dir", "checkpoints")
+    restore = flag_value(argv, "--restore-file", _LAST)
+    if restore != _LAST and not Path(restore).is_file():  # fairseq would silently train from scratch
+        raise ImitKDError(f"--restore-file {restore}: checkpoint not found")
+
+
 def check_model_paths(argv: List[str]) -> None:
     """imitkd-generate/-validate: every member of --path (``a.pt:b.pt``: an ensemble) is a checkpoint file."""
     value = flag_value(argv, "--path")
@@ -97,9 +115,39 @@ def check_generate_flags(argv: List[str]) -> None:
                           f"{min_len} token(s); set --max-len-b >= {max(min_len, 1)}")
 
 
+def resume_error(e: BaseException, argv: List[str]) -> Optional[ImitKDError]:
+    """One line for fairseq's failures to resume training from a checkpoint (a model of another
+    architecture; another criterion or optimizer), naming the checkpoint; None for other errors."""
+    message = str(e)
+    prefix = "Cannot load model parameters from checkpoint "
+    if type(e) is Exception and message.startswith(prefix):
+        path = message[len(prefix):].split("; please")[0]
+        cause = str(e.__context__ or "").strip().splitlines()
+        detail = f" ({_abridged(cause[1].strip())})" if len(cause) > 1 else ""
+        return ImitKDError(f"cannot resume from {path}: its model does not fit the one these flags build{detail}; "
+                           "use the flags it was trained with (--arch, layers, dimensions), or a new --save-dir")
+    if isinstance(e, AssertionError) and message.startswith(("Criterion does not match", "Optimizer does not match")):
+        restore = flag_value(argv, "--restore-file", _LAST)
+        path = os.path.join(flag_value(argv, "--save-dir", "checkpoints"), _LAST) if restore == _LAST else restore
+        what = message.split()[0].lower()
+        names = message.rsplit("(--reset-optimizer). ", 1)[-1].split(" vs ")
+        used = f" {names[0]}, this run uses {names[1]}" if len(names) == 2 else " another one than this run"
+        return ImitKDError(f"cannot resume from {path}: it was trained with the {what}{used}; "
+                           "pass --reset-optimizer (keeps its weights, starts a fresh optimizer) or use a new --save-dir")
+    return None
+
+
+def _abridged(text: str, limit: int = 150) -> str:
+    """``text`` cut after its last comma within ``limit`` characters (e.g. a list of state-dict keys)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(", ", 0, limit)
+    return f"{text[:cut if cut > 0 else limit]} ..."
+
+
 def train():
     from fairseq_cli.train import cli_main
-    _run(cli_main, loads_checkpoints=True)
+    _run(cli_main, loads_checkpoints=True, check=check_train_flags)
 
 
 def generate():

@@ -224,6 +224,13 @@ def generate_argv(ctx, *extra, path=None):
             "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
 
 
+def resume_student(ctx, *extra):
+    """train_argv whose --save-dir holds the (label-smoothed NLL) student checkpoint as checkpoint_last.pt."""
+    (ctx.tmp / "ckpt").mkdir()
+    shutil.copyfile(ctx.student_ckpt, ctx.tmp / "ckpt" / "checkpoint_last.pt")
+    return train_argv(ctx, extra=list(extra))
+
+
 def ctc_argv(ctx, path, *extra):
     return [s2t_copy(ctx), "--config-yaml", "config.yaml", "--gen-subset", "test", "--path", path, "--cpu", *extra]
 
@@ -492,7 +499,21 @@ ROWS: List[Row] = [
         r"^error: --expert .* is a speech-to-text model .*: use --criterion imit_kd_ast or imit_kd_ast_pure_kd",
         needs=("toy_student",)),
     Row("--save-dir under a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c) / "ckpt"]), "imitkd-train", 2,
-        r"^error: .*/a-file/ckpt: Not a directory$"),
+        r"^error: --save-dir .*/a-file/ckpt: not a directory \(.*/a-file is a file\)$", before_model),
+    Row("--save-dir a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c)]), "imitkd-train", 2,
+        r"^error: --save-dir .*/a-file: not a directory \(it is a file\)$", before_model),
+    Row("--restore-file not found", lambda c: train_argv(c, extra=["--restore-file", c.tmp / "nosuch.pt"]),
+        "imitkd-train", 2, r"^error: --restore-file .*/nosuch\.pt: checkpoint not found$", before_model),
+    Row("resume a checkpoint of another arch", lambda c: resume_student(c, "--encoder-layers", "2"), "imitkd-train", 2,
+        r"^error: cannot resume from .*/ckpt/checkpoint_last\.pt: its model does not fit the one these flags build "
+        r"\(Missing key\(s\) in state_dict: .*\); use the flags it was trained with", needs=("student_ckpt",)),
+    Row("resume under another criterion", resume_student, "imitkd-train", 2,
+        r"^error: cannot resume from .*/ckpt/checkpoint_last\.pt: it was trained with the criterion "
+        r"LabelSmoothedCrossEntropyCriterion, this run uses \w+; pass --reset-optimizer", needs=("student_ckpt",)),
+    Row("--seed negative", lambda c: train_argv(c, extra=["--seed", "-1"]), "imitkd-train", 2,
+        r"^error: --seed must be in \[0, 4294967295\], got -1$", before_model),
+    Row("--max-tokens 0", lambda c: train_argv(c, extra=["--max-tokens", "0"]), "imitkd-train", 2,
+        r"^error: --max-tokens must be >= 1, got 0$", before_model),
     Row("generate --path not found", lambda c: generate_argv(c, path=c.tmp / "nosuch.pt"), "imitkd-generate", 2,
         r"^error: --path .*/nosuch\.pt: checkpoint not found$"),
     Row("generate --path ensemble member missing", lambda c: generate_argv(c, path=f"{c.student_ckpt}:{c.tmp}/b.pt"),
@@ -598,7 +619,7 @@ def test_bad_input_gives_one_line(row, toy, expert_log, request, tmp_path, monke
     if row.command == "imitkd-generate":
         ctx.student_ckpt = request.getfixturevalue("student_ckpt")
     for name in row.needs:
-        request.getfixturevalue(name)
+        setattr(ctx, name, request.getfixturevalue(name))
     build_model = SpeechToTextTask.build_model
 
     def counting_build_model(self, *args, **kwargs):
