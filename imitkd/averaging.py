@@ -83,11 +83,21 @@ def get_parser():
     return p
 
 
+def check_args(args) -> None:
+    """--num-update-checkpoints is not negative; --output can be written as a file."""
+    if args.num_update_checkpoints < 0:
+        raise ImitKDError(f"--num-update-checkpoints must be >= 1 (0: average the --inputs files), "
+                          f"got {args.num_update_checkpoints}")
+    if args.output.is_dir():
+        raise ImitKDError(f"--output {args.output}: is a directory; name the averaged checkpoint's file")
+    if not args.output.parent.is_dir():
+        raise ImitKDError(f"--output {args.output}: {args.output.parent} is not a directory")
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        if not args.output.parent.is_dir():
-            raise ImitKDError(f"--output {args.output}: {args.output.parent} is not a directory")
+        check_args(args)
         if args.num_update_checkpoints:
             if len(args.inputs) != 1:
                 raise ImitKDError("--num-update-checkpoints needs exactly one save directory as --inputs")
@@ -100,6 +110,9 @@ def main(argv=None) -> int:
         else:
             paths = args.inputs
             missing = [p for p in paths if not p.is_file()]
+            if missing and missing[0].is_dir():
+                raise ImitKDError(f"--inputs {missing[0]}: a directory; pass --num-update-checkpoints N to average "
+                                  "its last N interval checkpoints (or name checkpoint files)")
             if missing:
                 raise ImitKDError(f"{missing[0]}: no such checkpoint file")
         save_average(paths, args.output)

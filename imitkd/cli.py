@@ -5,41 +5,159 @@ train/generate/validate also take ``--trust-checkpoint`` (see ``imitkd.checkpoin
 before fairseq parses it), and their ``-h``/``--help`` lists the flags of the chosen task, criterion and
 the other chosen components (``imitkd.cli_help``), which fairseq's own help never shows.
 """
+import os
 import sys
+from pathlib import Path
+from typing import List, Optional
 
 import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
 
 from . import checkpoints, cli_help
 from .errors import ImitKDError, path_error
 
+_LAST = "checkpoint_last.pt"  #: fairseq's default --restore-file (read from --save-dir)
 
-def _run(main, loads_checkpoints=False):
+
+def _run(main, loads_checkpoints=False, check=None):
+    """Run a fairseq CLI ``main``; ``check(argv)`` first checks flags fairseq would fail on with a traceback
+    (skipped for ``-h``). Bad input ends in one ``error: ...`` line and exit status 2."""
     try:
         if loads_checkpoints:
             sys.argv = checkpoints.strip_trust_flag(sys.argv)
             cli_help.install_if_requested()
+        if check is not None and not {"-h", "--help"} & set(sys.argv):
+            check(sys.argv[1:])
         main()
     except ImitKDError as e:
-        sys.stderr.write(f"error: {e}\n")
-        raise SystemExit(2)
+        _fail(e)
     except OSError as e:  # a path fairseq cannot read or create (--save-dir under a file, no permission): one line
-        sys.stderr.write(f"error: {path_error(e)}\n")
-        raise SystemExit(2)
+        _fail(path_error(e))
+    except Exception as e:  # fairseq's failures to resume (a bare Exception, AssertionErrors): one line
+        error = resume_error(e, sys.argv[1:])
+        if error is None:
+            raise
+        _fail(error)
+
+
+def _fail(error: Exception):
+    sys.stderr.write(f"error: {error}\n")
+    raise SystemExit(2)
+
+
+def flag_value(argv: List[str], flag: str, default: Optional[str] = None) -> Optional[str]:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse)."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
+def _check_number(argv, flag, kind, low, high=None):
+    """``flag`` (if given and a ``kind`` number; argparse reports other values) lies in [low, high]."""
+    try:
+        value = kind(flag_value(argv, flag))
+    except (TypeError, ValueError):
+        return
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ImitKDError(f"{flag} must be {bounds}, got {value}")
+
+
+def _check_directory(argv, flag, default=None):
+    """``flag`` names a directory or one that can be made: neither it nor a parent is a file."""
+    value = flag_value(argv, flag, default)
+    if not value:
+        return
+    path = Path(value)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "it is a file" if existing == path else f"{existing} is a file"
+        raise ImitKDError(f"{flag} {value}: not a directory ({where})")
+
+
+def check_train_flags(argv: List[str]) -> None:
+    """imitkd-train: --seed, --max-tokens, --save-dir and an explicit --restore-file."""
+    _check_number(argv, "--seed", int, 0, 2 ** 32 - 1)  # numpy's seed range
+    _check_number(argv, "--max-tokens", int, 1)
+    _check_directory(argv, "--save-dir", "checkpoints")
+    restore = flag_value(argv, "--restore-file", _LAST)
+    if restore != _LAST and not Path(restore).is_file():  # fairseq would silently train from scratch
+        raise ImitKDError(f"--restore-file {restore}: checkpoint not found")
+
+
+def check_model_paths(argv: List[str]) -> None:
+    """imitkd-generate/-validate: every member of --path (``a.pt:b.pt``: an ensemble) is a checkpoint file."""
+    value = flag_value(argv, "--path")
+    if not value or "://" in value:  # fairseq reads URLs through its PathManager
+        return
+    for member in value.split(os.pathsep):
+        if not Path(member).is_file():
+            what = "is a directory, not a checkpoint file" if Path(member).is_dir() else "checkpoint not found"
+            where = f" (ensemble member {member})" if member != value else ""
+            raise ImitKDError(f"--path {value}{where}: {what}")
+
+
+def check_generate_flags(argv: List[str]) -> None:
+    """imitkd-generate: --path, --beam, --max-len-a/-b against --min-len, --results-path."""
+    check_model_paths(argv)
+    _check_directory(argv, "--results-path")
+    _check_number(argv, "--beam", int, 1)
+    try:
+        a, b = float(flag_value(argv, "--max-len-a", "0")), int(flag_value(argv, "--max-len-b", "200"))
+        min_len = int(flag_value(argv, "--min-len", "1"))
+    except ValueError:
+        return
+    if a == 0 and b < max(min_len, 1):
+        raise ImitKDError(f"--max-len-b {b} with --max-len-a 0 leaves no room for an output of --min-len "
+                          f"{min_len} token(s); set --max-len-b >= {max(min_len, 1)}")
+
+
+def resume_error(e: BaseException, argv: List[str]) -> Optional[ImitKDError]:
+    """One line for fairseq's failures to resume training from a checkpoint (a model of another
+    architecture; another criterion or optimizer), naming the checkpoint; None for other errors."""
+    message = str(e)
+    prefix = "Cannot load model parameters from checkpoint "
+    if type(e) is Exception and message.startswith(prefix):
+        path = message[len(prefix):].split("; please")[0]
+        cause = str(e.__context__ or "").strip().splitlines()
+        detail = f" ({_abridged(cause[1].strip())})" if len(cause) > 1 else ""
+        return ImitKDError(f"cannot resume from {path}: its model does not fit the one these flags build{detail}; "
+                           "use the flags it was trained with (--arch, layers, dimensions), or a new --save-dir")
+    if isinstance(e, AssertionError) and message.startswith(("Criterion does not match", "Optimizer does not match")):
+        restore = flag_value(argv, "--restore-file", _LAST)
+        path = os.path.join(flag_value(argv, "--save-dir", "checkpoints"), _LAST) if restore == _LAST else restore
+        what = message.split()[0].lower()
+        names = message.rsplit("(--reset-optimizer). ", 1)[-1].split(" vs ")
+        used = f" {names[0]}, this run uses {names[1]}" if len(names) == 2 else " another one than this run"
+        return ImitKDError(f"cannot resume from {path}: it was trained with the {what}{used}; "
+                           "pass --reset-optimizer (keeps its weights, starts a fresh optimizer) or use a new --save-dir")
+    return None
+
+
+def _abridged(text: str, limit: int = 150) -> str:
+    """``text`` cut after its last comma within ``limit`` characters (e.g. a list of state-dict keys)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(", ", 0, limit)
+    return f"{text[:cut if cut > 0 else limit]} ..."
 
 
 def train():
     from fairseq_cli.train import cli_main
-    _run(cli_main, loads_checkpoints=True)
+    _run(cli_main, loads_checkpoints=True, check=check_train_flags)
 
 
 def generate():
     from fairseq_cli.generate import cli_main
-    _run(cli_main, loads_checkpoints=True)
+    _run(cli_main, loads_checkpoints=True, check=check_generate_flags)
 
 
 def validate():
     from fairseq_cli.validate import cli_main
-    _run(cli_main, loads_checkpoints=True)
+    _run(cli_main, loads_checkpoints=True, check=check_model_paths)
 
 
 def preprocess():

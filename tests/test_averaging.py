@@ -72,3 +72,20 @@ def test_cli_names_a_file_it_cannot_write(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(averaging, "save_average", no_permission)
     assert averaging.main(["--inputs", str(ckpt), "--output", str(tmp_path / "avg.pt")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path}/avg.pt: Permission denied\n"
+
+
+def test_cli_names_the_flag_for_a_directory_a_negative_count_and_a_directory_output(tmp_path, capsys):
+    """A save directory without --num-update-checkpoints, a negative count, an --output directory: one line
+    naming the flag (was 'no such checkpoint file', 'no checkpoints to average', the hidden temp file)."""
+    ckpt = _save(tmp_path / "checkpoint_1_100.pt", [1.0])
+    out = str(tmp_path / "avg.pt")
+    for extra in ([], ["--num-update-checkpoints", "0"]):
+        assert averaging.main(["--inputs", str(tmp_path), "--output", out, *extra]) == 2
+        assert capsys.readouterr().err == (f"error: --inputs {tmp_path}: a directory; pass --num-update-checkpoints "
+                                           "N to average its last N interval checkpoints (or name checkpoint files)\n")
+    assert averaging.main(["--inputs", str(tmp_path), "--num-update-checkpoints", "-1", "--output", out]) == 2
+    assert capsys.readouterr().err.startswith("error: --num-update-checkpoints must be >= 1 (0: average the --inputs "
+                                              "files), got -1\n")
+    assert averaging.main(["--inputs", str(ckpt), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --output {tmp_path}: is a directory; name the averaged checkpoint's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1_100.pt"]  # nothing written

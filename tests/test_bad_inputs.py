@@ -133,6 +133,7 @@ def _signal_mid_write(signum):
 COMMANDS = {
     "imitkd-train": lambda argv, ctx: _console_script(imitkd.cli.train, argv),
     "imitkd-generate": lambda argv, ctx: _console_script(imitkd.cli.generate, argv),
+    "imitkd-validate": lambda argv, ctx: _console_script(imitkd.cli.validate, argv),
     "create_wmt19_generated_dataset.py": _script_main(gd.main),
     "create_wmt19_generated_dataset.py + SIGTERM mid-write": _signal_mid_write(signal.SIGTERM),
     "create_wmt19_generated_dataset.py + SIGHUP mid-write": _signal_mid_write(signal.SIGHUP),
@@ -211,6 +212,29 @@ def frames_not_a_number(ctx, line=4):
     data = s2t_copy(ctx)
     edit_tsv_line(data / "train.tsv", line, lambda b: b"\t".join(f if i != 2 else b"1e3" for i, f in enumerate(b.split(b"\t"))))
     return train_argv(ctx, data)
+
+
+TOY_CONFIG = "input_channels: 1\ninput_feat_per_channel: 80\nvocab_filename: dict.de.txt\n"  #: toydata's
+
+
+def with_config(ctx, text):
+    """train_argv reading the data config ``text`` (DATA/cfg.yaml, in the copy of the toy data dir)."""
+    data = s2t_copy(ctx)
+    (data / "cfg.yaml").write_text(text)
+    return train_argv(ctx, data, extra=["--config-yaml", "cfg.yaml"])
+
+
+def generate_argv(ctx, *extra, path=None):
+    """imitkd-generate of the student checkpoint (or ``path``) on the toy test split."""
+    return [s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset", "test",
+            "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
+
+
+def resume_student(ctx, *extra):
+    """train_argv whose --save-dir holds the (label-smoothed NLL) student checkpoint as checkpoint_last.pt."""
+    (ctx.tmp / "ckpt").mkdir()
+    shutil.copyfile(ctx.student_ckpt, ctx.tmp / "ckpt" / "checkpoint_last.pt")
+    return train_argv(ctx, extra=list(extra))
 
 
 def ctc_argv(ctx, path, *extra):
@@ -444,6 +468,34 @@ ROWS: List[Row] = [
         "--student-src-column", "src_text", "--student-src-dict", student_src_dict(c, "")]), "imitkd-train", 2,
         r"^error: --student-src-dict: .*/s2t/dict\.xx\.txt is an empty dictionary \(no symbols besides the special "
         r"ones\)$", before_model),
+    # -- the data config (--config-yaml), checked before fairseq reads it
+    Row("--config-yaml not found", lambda c: train_argv(c, extra=["--config-yaml", "nosuch.yaml"]), "imitkd-train", 2,
+        r"^error: --config-yaml nosuch\.yaml: data config not found: .*/s2t/nosuch\.yaml \(a relative path", before_model),
+    Row("--config-yaml not found (generate)", lambda c: generate_argv(c, "--config-yaml", "nosuch.yaml"),
+        "imitkd-generate", 2, r"^error: --config-yaml nosuch\.yaml: data config not found"),
+    Row("--config-yaml not valid YAML", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer: {bpe: sentencepiece\n"
+                                                                  "audio_root: /tmp\n"), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml:5: not valid YAML \(.*\) \(--config-yaml\)$", before_model),
+    Row("--config-yaml a list", lambda c: with_config(c, "- input_channels: 1\n"), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml: a YAML list, not a mapping of keys", before_model),
+    Row("--config-yaml empty", lambda c: with_config(c, ""), "imitkd-train", 2,
+        r"^error: .*/s2t/cfg\.yaml: empty, not a mapping of keys", before_model),
+    Row("config vocab_filename not found", lambda c: with_config(c, TOY_CONFIG.replace("dict.de", "nosuch")),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: vocab_filename: dictionary not found: .*/s2t/nosuch\.txt",
+        before_model),
+    Row("config sentencepiece_model not found", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer:\n  bpe: "
+                                                                          "sentencepiece\n  sentencepiece_model: x.model\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: bpe_tokenizer\.sentencepiece_model: file not found: x\.model$",
+        before_model),
+    Row("config sentencepiece_model not a model", lambda c: with_config(c, TOY_CONFIG + "bpe_tokenizer:\n  bpe: "
+                                                                            "sentencepiece\n  sentencepiece_model: dict.de.txt\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: bpe_tokenizer\.sentencepiece_model .*/dict\.de\.txt: not a "
+        r"sentencepiece model \(", before_model),
+    Row("config transform unknown", lambda c: with_config(c, TOY_CONFIG + "transforms:\n  _train: [utterance_cmvnX]\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: transforms\._train: unknown feature transform 'utterance_cmvnX' "
+        r"\(fairseq has: .*utterance_cmvn\)$", before_model),
+    Row("config audio_root not found", lambda c: with_config(c, TOY_CONFIG + f"audio_root: {c.tmp}/nosuchroot\n"),
+        "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: audio_root: no such directory: .*/nosuchroot$", before_model),
     # -- criterion vs task, β
     Row("--beta out of range", lambda c: train_argv(c, extra=["--beta", "1.5"]), "imitkd-train", 2,
         r"^error: --beta must be in \[0, 1\], got 1\.5$"),
@@ -461,7 +513,35 @@ ROWS: List[Row] = [
         r"^error: --expert .* is a speech-to-text model .*: use --criterion imit_kd_ast or imit_kd_ast_pure_kd",
         needs=("toy_student",)),
     Row("--save-dir under a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c) / "ckpt"]), "imitkd-train", 2,
-        r"^error: .*/a-file/ckpt: Not a directory$"),
+        r"^error: --save-dir .*/a-file/ckpt: not a directory \(.*/a-file is a file\)$", before_model),
+    Row("--save-dir a file", lambda c: train_argv(c, extra=["--save-dir", a_file(c)]), "imitkd-train", 2,
+        r"^error: --save-dir .*/a-file: not a directory \(it is a file\)$", before_model),
+    Row("--restore-file not found", lambda c: train_argv(c, extra=["--restore-file", c.tmp / "nosuch.pt"]),
+        "imitkd-train", 2, r"^error: --restore-file .*/nosuch\.pt: checkpoint not found$", before_model),
+    Row("resume a checkpoint of another arch", lambda c: resume_student(c, "--encoder-layers", "2"), "imitkd-train", 2,
+        r"^error: cannot resume from .*/ckpt/checkpoint_last\.pt: its model does not fit the one these flags build "
+        r"\(Missing key\(s\) in state_dict: .*\); use the flags it was trained with", needs=("student_ckpt",)),
+    Row("resume under another criterion", resume_student, "imitkd-train", 2,
+        r"^error: cannot resume from .*/ckpt/checkpoint_last\.pt: it was trained with the criterion "
+        r"LabelSmoothedCrossEntropyCriterion, this run uses \w+; pass --reset-optimizer", needs=("student_ckpt",)),
+    Row("--seed negative", lambda c: train_argv(c, extra=["--seed", "-1"]), "imitkd-train", 2,
+        r"^error: --seed must be in \[0, 4294967295\], got -1$", before_model),
+    Row("--max-tokens 0", lambda c: train_argv(c, extra=["--max-tokens", "0"]), "imitkd-train", 2,
+        r"^error: --max-tokens must be >= 1, got 0$", before_model),
+    Row("generate --path not found", lambda c: generate_argv(c, path=c.tmp / "nosuch.pt"), "imitkd-generate", 2,
+        r"^error: --path .*/nosuch\.pt: checkpoint not found$"),
+    Row("generate --path ensemble member missing", lambda c: generate_argv(c, path=f"{c.student_ckpt}:{c.tmp}/b.pt"),
+        "imitkd-generate", 2, r"^error: --path .*\.pt:.*/b\.pt \(ensemble member .*/b\.pt\): checkpoint not found$"),
+    Row("validate --path not found", lambda c: [s2t_copy(c), "--task", "speech_to_text_kd", "--config-yaml",
+                                                "config.yaml", "--path", c.tmp / "nosuch.pt", "--cpu"],
+        "imitkd-validate", 2, r"^error: --path .*/nosuch\.pt: checkpoint not found$"),
+    Row("generate --beam 0", lambda c: generate_argv(c, "--beam", "0"), "imitkd-generate", 2,
+        r"^error: --beam must be >= 1, got 0$"),
+    Row("generate --max-len-a 0 --max-len-b 0", lambda c: generate_argv(c, "--max-len-a", "0", "--max-len-b", "0"),
+        "imitkd-generate", 2, r"^error: --max-len-b 0 with --max-len-a 0 leaves no room for an output of --min-len 1 "
+        r"token\(s\); set --max-len-b >= 1$"),
+    Row("generate --results-path a file", lambda c: generate_argv(c, "--results-path", a_file(c)), "imitkd-generate",
+        2, r"^error: --results-path .*/a-file: not a directory \(it is a file\)$"),
     Row("--load-pretrained-encoder-from not found", lambda c: train_argv(c, extra=[
         "--load-pretrained-encoder-from", c.tmp / "asr.pt"]), "imitkd-train", 2,
         r"^error: --load-pretrained-encoder-from: checkpoint not found: .*/asr\.pt$"),
@@ -559,7 +639,7 @@ def test_bad_input_gives_one_line(row, toy, expert_log, request, tmp_path, monke
     if row.command == "imitkd-generate":
         ctx.student_ckpt = request.getfixturevalue("student_ckpt")
     for name in row.needs:
-        request.getfixturevalue(name)
+        setattr(ctx, name, request.getfixturevalue(name))
     build_model = SpeechToTextTask.build_model
 
     def counting_build_model(self, *args, **kwargs):

@@ -20,6 +20,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
+from ..data_config import check_data_config
 from ..errors import ImitKDError
 from ..text_encoding import SourceEncoder, load_dictionary
 from . import bleu
@@ -96,6 +97,7 @@ class SpeechToTextKDTask(SpeechToTextTask):
         if bad:  # fairseq's speech_to_text raises a bare ValueError for this
             raise ImitKDError(f"--train-subset {subsets}: the speech_to_text tasks need training manifests named "
                               f"train*: rename {bad[0]}.tsv (e.g. to train_{bad[0]}.tsv)")
+        check_data_config(args.data, args.config_yaml)  # fairseq's own reading of it fails with tracebacks
         return super().setup_task(args, **kwargs)
 
     def __init__(self, args, tgt_dict):
