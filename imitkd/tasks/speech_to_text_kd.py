@@ -20,7 +20,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
-from ..data_config import check_data_config
+from ..config_checks import check_data_config
 from ..errors import ImitKDError
 from ..text_encoding import SourceEncoder, load_dictionary
 from . import bleu
