@@ -496,6 +496,9 @@ ROWS: List[Row] = [
         r"\(fairseq has: .*utterance_cmvn\)$", before_model),
     Row("config audio_root not found", lambda c: with_config(c, TOY_CONFIG + f"audio_root: {c.tmp}/nosuchroot\n"),
         "imitkd-train", 2, r"^error: .*/s2t/cfg\.yaml: audio_root: no such directory: .*/nosuchroot$", before_model),
+    Row("config input_feat_per_channel not the features' size", lambda c: with_config(c, TOY_CONFIG.replace(": 80", ": 40")),
+        "imitkd-train", 2, r"^error: .*/s2t/dev\.tsv: line 2 \(id=dev_0, audio .*\): features of shape \(\d+, 80\), but "
+        r"the data config cfg\.yaml says input_feat_per_channel 40 × input_channels 1 = 40 per frame$"),
     # -- criterion vs task, β
     Row("--beta out of range", lambda c: train_argv(c, extra=["--beta", "1.5"]), "imitkd-train", 2,
         r"^error: --beta must be in \[0, 1\], got 1\.5$"),

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from fairseq.data import ConcatDataset
+from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
@@ -193,7 +195,31 @@ class SpeechToTextKDTask(SpeechToTextTask):
         for name in split.split(","):
             check_manifest(Path(self.args.data) / f"{name}.tsv")
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        self.check_feature_size(split, self.datasets[split])
         self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
+
+    def check_feature_size(self, split, dataset):
+        """The first utterance of each manifest of ``split`` has the features the data config promises
+        (``input_feat_per_channel`` × ``input_channels`` per frame: the model's input size). fairseq would
+        fail in the model's first convolution, mid-training, without naming a file."""
+        cfg = self.data_cfg
+        if cfg.use_audio_input:
+            return
+        expected = cfg.input_feat_per_channel * cfg.input_channels
+        parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+        for name, part in zip(split.split(","), parts):
+            if not isinstance(part, SpeechToTextDataset) or len(part) == 0:
+                continue
+            row_id = part.ids[0] if part.ids else 0
+            where = f"{Path(self.args.data) / f'{name}.tsv'}: line 2 (id={row_id}, audio {part.audio_paths[0]})"
+            try:
+                source = part[0].source
+            except (OSError, ValueError, RuntimeError, IndexError) as e:
+                raise ImitKDError(f"{where}: cannot read its features ({' '.join(str(e).split())})") from None
+            if source.dim() != 2 or source.size(1) != expected:
+                raise ImitKDError(f"{where}: features of shape {tuple(source.shape)}, but the data config "
+                                  f"{self.args.config_yaml} says input_feat_per_channel {cfg.input_feat_per_channel} × "
+                                  f"input_channels {cfg.input_channels} = {expected} per frame")
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
