@@ -44,6 +44,7 @@ def transcribe(args, out=sys.stdout):
     from fairseq import checkpoint_utils
 
     from imitkd.errors import ImitKDError
+    from imitkd.expert_checks import expert_kind
     from imitkd.joint_decoding import joint_decode
 
     if args.joint_beam < 0:
@@ -56,8 +57,8 @@ def transcribe(args, out=sys.stdout):
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     state = checkpoint_utils.load_checkpoint_to_cpu(args.path)
-    task_name = checkpoint_task(state)
-    if not (task_name or "").startswith("speech_to_text"):
+    if expert_kind(state["cfg"]) != "speech":  # (its arch, else its task: expert_checks)
+        task_name = getattr(state["cfg"].task, "_name", None)
         raise ImitKDError(f"{args.path}: a checkpoint of task {task_name}, not a speech model; --path needs an "
                           "ASR model trained with a CTC head (--task speech_to_text_kd --ctc-weight W)")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -100,16 +101,6 @@ def transcribe(args, out=sys.stdout):
                 score = f"{score:.4f}"
                 print(f"T-{sample_id}\t{ref}\nH-{sample_id}\t{score}\t{pieces}\nD-{sample_id}\t{score}\t{decode(pieces)}",
                       file=out)
-
-
-def checkpoint_task(state) -> str:
-    """The task a fairseq checkpoint (``load_checkpoint_to_cpu``'s dict) was trained with ("" if unknown):
-    its ``cfg.task`` is a DictConfig, or an argparse Namespace for an argparse task such as speech_to_text."""
-    task = (state.get("cfg") or {}).get("task") if isinstance(state, dict) else None
-    if task is None:
-        return ""
-    return str((task.get("_name") if hasattr(task, "get") else None) or getattr(task, "_name", None)
-               or getattr(task, "task", None) or "")
 
 
 def encoder_frames_per_input_frame(model) -> float:
