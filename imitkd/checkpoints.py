@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import zipfile
+from typing import Optional
 
 import numpy as np
 import torch
@@ -62,6 +63,14 @@ ALLOWED_NAMES = frozenset(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.
 _TRUE = ("1", "true", "yes", "y")
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a"  # torch.save before 1.6: pickled magic number, protocol 2
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def path_problem(path) -> Optional[str]:
+    """Why ``path`` cannot be read as a checkpoint file ("is a directory, not a checkpoint file" or
+    "checkpoint not found"), for a flag's one-line error; None if it is a file."""
+    if os.path.isfile(path):
+        return None
+    return "is a directory, not a checkpoint file" if os.path.isdir(path) else "checkpoint not found"
 
 
 def trusted() -> bool:

@@ -94,8 +94,8 @@ def check_model_paths(argv: List[str]) -> None:
     if not value or "://" in value:  # fairseq reads URLs through its PathManager
         return
     for member in value.split(os.pathsep):
-        if not Path(member).is_file():
-            what = "is a directory, not a checkpoint file" if Path(member).is_dir() else "checkpoint not found"
+        what = checkpoints.path_problem(member)
+        if what:
             where = f" (ensemble member {member})" if member != value else ""
             raise ImitKDError(f"--path {value}{where}: {what}")
 

@@ -21,6 +21,7 @@ from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
+from .. import checkpoints
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
 from ..config_checks import check_data_config
 from ..errors import ImitKDError
@@ -53,9 +54,9 @@ def load_pretrained_encoder(model, path: str) -> None:
     initialisation. Every other weight must match."""
     from fairseq import checkpoint_utils
 
-    if not Path(path).is_file():
-        what = "is a directory, not a checkpoint file" if Path(path).is_dir() else "checkpoint not found"
-        raise ImitKDError(f"--load-pretrained-encoder-from: {what}: {path}")
+    problem = checkpoints.path_problem(path)
+    if problem:
+        raise ImitKDError(f"--load-pretrained-encoder-from: {problem}: {path}")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
     weights = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     if getattr(model.encoder, "ctc_proj", None) is None:
