@@ -58,9 +58,14 @@ def first_non_utf8_line(path) -> int:
 
 @contextlib.contextmanager
 def _reading(path):
-    """The manifest opened as fairseq opens it (UTF-8, universal newlines); read errors as ManifestError."""
+    """The manifest opened as fairseq opens it (UTF-8, universal newlines); read errors, and a byte-order mark
+    (which fairseq reads as part of the first column's name), as ManifestError."""
     try:
         with open(path, encoding="utf-8") as f:
+            if f.read(1) == "\ufeff":
+                raise ManifestError(f"{path}: line 1 starts with a UTF-8 byte-order mark, which fairseq reads as part "
+                                    "of the first column name; save the manifest without BOM")
+            f.seek(0)
             yield f
     except UnicodeDecodeError:
         raise ManifestError(f"{path}:{first_non_utf8_line(path)}: not UTF-8; re-encode the manifest as UTF-8 "
@@ -72,7 +77,7 @@ def _reading(path):
 def read_manifest(path) -> List[Dict[str, Optional[str]]]:
     """The data rows as dicts, exactly as fairseq's reader gives them (``csv.DictReader``: a short row's
     missing cells are None, a long row's extra cells a list under the key None). Raises ManifestError
-    (missing or unreadable file, not UTF-8: names the file and line); checks nothing else."""
+    (missing or unreadable file, not UTF-8: names the file and line; a byte-order mark); checks nothing else."""
     with _reading(path) as f:
         return [dict(row) for row in csv.DictReader(f, **TSV_FORMAT)]
 

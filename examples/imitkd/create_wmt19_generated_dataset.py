@@ -109,9 +109,6 @@ def read_manifest(path: str, required: Sequence[str]) -> Manifest:
     header = table.header
     if not header:
         raise InputError(f"{path}: empty manifest (no header row)")
-    if header[0].startswith("\ufeff"):
-        raise InputError(f"{path}: line 1 starts with a UTF-8 byte-order mark, which fairseq reads as part of the "
-                         f"first column name; save the manifest without BOM")
     if not table.rows:
         raise InputError(f"{path}: no data rows, only a header")
     dup = sorted({c for c in header if header.count(c) > 1})
