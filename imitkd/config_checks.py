@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from imitkd_data.errors import yaml_error
+
 from .errors import ImitKDError
 
 #: the config keys that list transforms per split, and the kind of fairseq's registry for their names
@@ -43,10 +45,7 @@ def read_yaml_mapping(path: Path) -> dict:
         with open(path, encoding="utf-8") as f:
             config = yaml.load(f, Loader=yaml.FullLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        reason = getattr(e, "problem", None) or " ".join(str(e).split())
-        raise ImitKDError(f"{path}{where}: not valid YAML ({reason}) (--config-yaml)") from None
+        raise ImitKDError(f"{yaml_error(path, e)} (--config-yaml)") from None
     except UnicodeDecodeError as e:
         raise ImitKDError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}) (--config-yaml)") from None
     if not isinstance(config, dict):

@@ -24,3 +24,11 @@ def make_output_dir(path, error=DataPrepError):
     except OSError as e:
         raise error(f"{path}: cannot create the output directory ({e.strerror or e})") from None
     return path
+
+
+def yaml_error(path, e) -> str:
+    """``PATH:LINE: not valid YAML (problem)`` for a ``yaml.YAMLError`` ``e`` raised reading ``path`` (no line
+    where the parser gives none)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark is not None else ""
+    return f"{path}{where}: not valid YAML ({' '.join(str(getattr(e, 'problem', None) or e).split())})"

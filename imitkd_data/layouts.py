@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import DataPrepError
+from .errors import DataPrepError, yaml_error
 from .features import read_audio
 from .manifest import clean_text, first_non_utf8_line, read_manifest
 
@@ -100,10 +100,7 @@ def read_mustc(root: Path, split: str, src_lang: str = "en", tgt_lang: str = "de
     except UnicodeDecodeError:
         raise DataPrepError(f"{yaml_path}:{first_non_utf8_line(yaml_path)}: not UTF-8; re-encode it as UTF-8") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        what = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise DataPrepError(f"{yaml_path}{line}: not valid YAML ({what})") from None
+        raise DataPrepError(yaml_error(yaml_path, e)) from None
     if not isinstance(segments, list):
         raise DataPrepError(f"{yaml_path}: expected a list of segments")
     if not segments:
