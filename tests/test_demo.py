@@ -205,6 +205,46 @@ def test_forked_runs_give_what_a_subprocess_gives_and_stop(tmp_path):
     assert run.returncode == -signal.SIGTERM and out.strip() == "started"
 
 
+def test_forked_runs_each_get_their_exit_status_from_several_threads(tmp_path):
+    """The demo's lanes are threads that start, poll and wait for forked runs at once. The forkserver sends a
+    child's exit status once: read by another thread's ``Process.start`` (which polls every ended child), it
+    left the waiting thread with EOF, i.e. exit status 255 ("decoding: imitkdt on test failed (exit 255)" after
+    a complete decoding; 20 of 600 runs of this pattern before ``_STATUS_LOCK``)."""
+    import collections
+    import multiprocessing
+    import threading
+    import time
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver on this platform (the demo runs subprocesses there)")
+    demo_module()
+    import forked_runs
+
+    script = tmp_path / "exit3.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    codes = collections.Counter()
+
+    def polling(n):  # as Children.follow (training runs)
+        for _ in range(n):
+            run = forked_runs.ForkedRun([sys.executable, script], tmp_path, 1)
+            while run.poll() is None:
+                time.sleep(0.001)
+            codes[run.returncode] += 1
+
+    def waiting(n):  # as Children.run_decoding
+        for _ in range(n):
+            run = forked_runs.ForkedRun([sys.executable, script], tmp_path, 1)
+            run.communicate()
+            codes[run.returncode] += 1
+
+    threads = [threading.Thread(target=f, args=(80,)) for f in (polling, waiting, waiting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == {3: 240}, codes
+
+
 DRIVER = """
 import os, sys
 sys.path.insert(0, {moddir!r})

@@ -11,6 +11,7 @@ Where ``forkable`` says no (no forkserver, as on Windows, or any other command),
 subprocess as before (``run_demo.Children``).
 """
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import runpy
@@ -28,6 +29,11 @@ PRELOAD = ["torch", "torch._dynamo", "fairseq_cli.train", "fairseq_cli.generate"
 CONSOLE_SCRIPTS = ("imitkd-train", "imitkd-generate", "imitkd-average-checkpoints")
 _CONTEXT = None
 _LOCK = threading.Lock()
+#: held for every read of a child's exit status. The forkserver sends it once, on the child's sentinel pipe, to
+#: whoever reads first; any other reader gets EOF and multiprocessing reports exit status 255. The demo's lanes
+#: are threads: one waiting for its decoding (``join``) lost that read to another starting a run
+#: (``Process.start`` polls every finished child), and a decoding that had succeeded "failed (exit 255)".
+_STATUS_LOCK = threading.RLock()
 
 
 def forkable(cmd, script_names=("ctc_transcribe.py",)) -> bool:
@@ -134,18 +140,23 @@ class ForkedRun:
         self.args = [str(c) for c in cmd]
         self.proc = _context().Process(target=_child, args=(self.args, self.out_path, not self.owns_output,
                                                             str(cwd), threads))
-        self.proc.start()
+        with _STATUS_LOCK:  # (start() reads the exit status of every child that has ended)
+            self.proc.start()
 
     def poll(self):
-        return self.proc.exitcode
+        with _STATUS_LOCK:
+            return self.proc.exitcode
 
     def terminate(self):
-        self.proc.terminate()
+        with _STATUS_LOCK:
+            self.proc.terminate()
 
     def communicate(self):
         """Wait for the child; (its output, stdout and stderr together, as text; None), as ``Popen``'s
         (the output is the temporary file's; ``None`` with an ``out_path`` of the caller's)."""
-        self.proc.join()
+        multiprocessing.connection.wait([self.proc.sentinel])  # (without the lock: other threads go on)
+        with _STATUS_LOCK:
+            self.proc.join()
         if not self.owns_output:
             return None, None
         try:
@@ -156,4 +167,4 @@ class ForkedRun:
 
     @property
     def returncode(self):
-        return self.proc.exitcode
+        return self.poll()
