@@ -373,6 +373,25 @@ def test_spm_vocab_size_smaller_than_the_characters_fails_before_the_speech(tmp_
     assert not (out / "fbank80.zip").exists() and not (out / "fbank80").exists() and not (out / "train.tsv").exists()
 
 
+def test_build_without_spm_removes_an_earlier_builds_vocabulary(tmp_path):
+    """The same output directory built again without --spm-vocab-size: the earlier build's sentencepiece
+    model, dict.txt, encoded text and config.yaml (made from its text) are removed, not left beside manifests
+    they may not belong to; MANIFEST.json lists no vocabulary."""
+    from imitkd_data.ddtp.corpus import build
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail(ESPEAK_HINT, pytrace=False)
+    out, tr = tmp_path / "corpus", _tiny_translations(tmp_path / "tr")
+    build(out, size="ci", translations_dir=tr, spm_vocab_size=40, progress=False)
+    spm_files = ["spm_joint.model", "spm_joint.vocab", "dict.txt", "config.yaml", "text/train.spm.en", "text/test.spm.de"]
+    assert all((out / n).is_file() for n in spm_files)
+    build(out, size="ci", translations_dir=tr, progress=False)
+    assert [n for n in spm_files if (out / n).exists()] == []
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["spm"] is None and "dict.txt" not in manifest["outputs"] and "train.tsv" in manifest["outputs"]
+    assert len(read_manifest(out / "train.tsv")) > 0
+
+
 def test_skeleton_and_split_rules():
     assert ddtp_text.skeleton("This package contains the libfoo2 shared library.", "libfoo2") == ddtp_text.skeleton(
         "This package contains the libbar7 shared library.", "libbar7"

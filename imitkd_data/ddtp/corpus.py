@@ -101,7 +101,7 @@ def build(
     plan = plan_utterances(text, seed, train_voices, unseen_engine)
     _write_text(out_dir / "text", text, plan)
     # the vocabulary before the speech: an error in it (e.g. a size too small for the text) costs no synthesis
-    spm_info = _build_joint_spm(out_dir, spm_vocab_size, spm_type) if spm_vocab_size else None
+    spm_info = _build_joint_spm(out_dir, spm_vocab_size, spm_type) if spm_vocab_size else _remove_spm_outputs(out_dir)
     splits = _speech(out_dir, plan, workers=workers, feature_dtype=feature_dtype, save_audio=save_audio,
                      keep_npy=keep_npy, progress=progress)
 
@@ -192,6 +192,24 @@ def _speech(out_dir: Path, plan: Dict[str, List[UttSpec]], *, workers: int, feat
         frames = sum(r["n_frames"] for r in rows)
         stats[s] = dict(pairs=len(rows), hours=round(frames / 100 / 3600, 4), voices=sorted({u.voice for u in specs_s}))
     return stats
+
+
+def _spm_outputs(out_dir: Path) -> List[Path]:
+    """What ``_build_joint_spm`` writes."""
+    return [out_dir / n for n in ("spm_joint.model", "spm_joint.vocab", "dict.txt", "config.yaml")] + [
+        out_dir / "text" / f"{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
+
+
+def _remove_spm_outputs(out_dir: Path) -> None:
+    """A build without ``--spm-vocab-size`` in a directory that held one with it: its vocabulary, encoded text
+    and config.yaml were made from the earlier build's text, which this build may have replaced; they go, so
+    that no training reads a config.yaml that does not belong to the manifests beside it."""
+    stale = [p for p in _spm_outputs(out_dir) if p.is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        logger.info("removed the earlier build's vocabulary files (%s): this build has no --spm-vocab-size",
+                    ", ".join(str(p.relative_to(out_dir)) for p in stale))
 
 
 def _build_joint_spm(out_dir: Path, vocab_size: int, spm_type: str) -> dict:
