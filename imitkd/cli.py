@@ -13,7 +13,7 @@ from typing import List, Optional
 import imitkd  # noqa: F401  (registers the plugin and applies the compat fixes)
 
 from . import checkpoints, cli_help
-from .errors import ImitKDError, path_error
+from .errors import ImitKDError, message, path_error
 
 _LAST = "checkpoint_last.pt"  #: fairseq's default --restore-file (read from --save-dir)
 
@@ -40,7 +40,7 @@ def _run(main, loads_checkpoints=False, check=None):
 
 
 def _fail(error: Exception):
-    sys.stderr.write(f"error: {error}\n")
+    sys.stderr.write(f"error: {message(error)}\n")
     raise SystemExit(2)
 
 

@@ -34,6 +34,7 @@ import fairseq_cli.train  # noqa: F401
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 from imitkd_data.ddtp.apt import fetch_translations
 from imitkd_data.errors import DataPrepError
+from imitkd_data.feature_store import zip_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 GD_SCRIPT = REPO / "examples" / "imitkd" / "create_wmt19_generated_dataset.py"
@@ -224,9 +225,9 @@ def with_config(ctx, text):
     return train_argv(ctx, data, extra=["--config-yaml", "cfg.yaml"])
 
 
-def generate_argv(ctx, *extra, path=None):
-    """imitkd-generate of the student checkpoint (or ``path``) on the toy test split."""
-    return [s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset", "test",
+def generate_argv(ctx, *extra, path=None, data=None):
+    """imitkd-generate of the student checkpoint (or ``path``) on the toy test split (of ``data``)."""
+    return [data or s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset", "test",
             "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
 
 
@@ -350,6 +351,80 @@ def apt_root(ctx, text, name="sources.list.d/extra.sources"):
     (root / "etc" / "apt" / "sources.list.d").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "apt" / name).write_text(text)
     return [ctx.tmp / "apt-cache", root]
+
+
+# the features a row names: another width, n_frames, values (read per item); zip cells (checked at load)
+def set_cell(path: Path, line: int, column: str, value: str):
+    """Set one cell of line ``line`` (1 = header) of a manifest."""
+    at = path.read_text().splitlines()[0].split("\t").index(column)
+    edit_tsv_line(path, line, lambda b: b"\t".join(value.encode() if i == at else f for i, f in enumerate(b.split(b"\t"))))
+
+
+def row_features(data: Path, split: str, line: int) -> np.ndarray:
+    """The features the (toy, .npy) row on ``line`` of ``split`` names."""
+    return np.load((data / f"{split}.tsv").read_text().splitlines()[line - 1].split("\t")[1])
+
+
+def bad_features(ctx, split, line, make):
+    """A copy of the toy data whose ``split`` row on ``line`` names ``make(its features)`` (a new .npy)."""
+    data = s2t_copy(ctx)
+    path = ctx.tmp / f"{split}_{line}.npy"
+    np.save(path, make(row_features(data, split, line)))
+    set_cell(data / f"{split}.tsv", line, "audio", str(path))
+    return data
+
+
+def wide_row(ctx, split="train", line=100):
+    """One later row with 40 features per frame among 80-dim ones (the first row of each split is fine)."""
+    return bad_features(ctx, split, line, lambda f: f[:, :40])
+
+
+def frames_off(ctx, split="train", line=100):
+    """One row whose n_frames is 10 times its features' frame count."""
+    data = s2t_copy(ctx)
+    set_cell(data / f"{split}.tsv", line, "n_frames", str(10 * len(row_features(data, split, line))))
+    return data
+
+
+def missing_npy(ctx, split="train", line=40):
+    data = s2t_copy(ctx)
+    set_cell(data / f"{split}.tsv", line, "audio", str(ctx.tmp / "nosuch.npy"))
+    return data
+
+
+def nan_row(ctx, split="train", line=100):
+    def make(f):
+        f = f.copy()
+        f[3, 7] = np.nan
+        return f
+    return bad_features(ctx, split, line, make)
+
+
+def zipped(ctx, split):
+    """A copy of the toy data whose ``split`` manifest reads its features from one stored zip, ``DATA/SPLIT.zip``
+    (cells ``DATA/SPLIT.zip:OFFSET:LENGTH``, as prep_s2t_data.py writes them relative to audio_root)."""
+    import zipfile
+
+    data = s2t_copy(ctx)
+    tsv = data / f"{split}.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    with zipfile.ZipFile(data / f"{split}.zip", "w", zipfile.ZIP_STORED) as zf:
+        for row in rows[1:]:
+            zf.write(row[1], f"{row[0]}.npy")
+    cells = zip_manifest(data / f"{split}.zip")
+    for row in rows[1:]:
+        row[1] = f"{data}/{cells[row[0]][0]}"
+    tsv.write_text("".join("\t".join(r) + "\n" for r in rows))
+    return data
+
+
+def zip_cell(ctx, split, line, edit):
+    """``zipped`` with the audio cell on ``line`` replaced by ``edit(zip path, offset, length)``."""
+    data = zipped(ctx, split)
+    cell = (data / f"{split}.tsv").read_text().splitlines()[line - 1].split("\t")[1]
+    file, offset, length = cell.split(":")
+    set_cell(data / f"{split}.tsv", line, "audio", edit(file, int(offset), int(length)))
+    return data
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -499,6 +574,49 @@ ROWS: List[Row] = [
     Row("config input_feat_per_channel not the features' size", lambda c: with_config(c, TOY_CONFIG.replace(": 80", ": 40")),
         "imitkd-train", 2, r"^error: .*/s2t/dev\.tsv: line 2 \(id=dev_0, audio .*\): features of shape \(\d+, 80\), but "
         r"the data config cfg\.yaml says input_feat_per_channel 40 × input_channels 1 = 40 per frame$"),
+    # -- the features each row names: files and zip bytes at load (every row), shape/frames/values when read
+    Row("a later utterance with 40 features per frame", lambda c: train_argv(c, wide_row(c)), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 100 \(id=train_98, audio .*/train_100\.npy\): features of shape \(\d+, 40\), "
+        r"but the data config config\.yaml says input_feat_per_channel 80 × input_channels 1 = 80 per frame$"),
+    Row("a later utterance with 40 features (2 data-loader workers)", lambda c: train_argv(
+        c, wide_row(c), extra=["--num-workers", "2"]), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 100 \(id=train_98, audio .*\): features of shape \(\d+, 40\), but .* = 80 per frame$"),
+    Row("a later utterance with 40 features (generate, 1 worker)", lambda c: generate_argv(
+        c, "--num-workers", "1", data=wide_row(c, "test", 7)), "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 7 \(id=test_5, audio .*\): features of shape \(\d+, 40\), but .* = 80 per frame$"),
+    Row("a 1-D feature array (generate)", lambda c: generate_argv(c, data=bad_features(
+        c, "test", 9, lambda f: f.reshape(-1))), "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 9 \(id=test_7, audio .*\): features of shape \(\d+,\), but .* = 80 per frame$"),
+    Row("n_frames 10 times the features' frames", lambda c: train_argv(c, frames_off(c)), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 100 \(id=train_98, audio .*\): (\d+) feature frames, but its n_frames says "
+        r"(?:\1)0; fairseq batches .* by n_frames: write the utterance's frame count$"),
+    Row("a NaN in an utterance's features", lambda c: train_argv(c, nan_row(c)), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 100 \(id=train_98, audio .*\): features hold NaN or infinite values"),
+    Row("zip offset off by 3 bytes (generate)", lambda c: generate_argv(c, data=zip_cell(
+        c, "test", 6, lambda z, o, n: f"{z}:{o + 3}:{n}")), "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 6 \(id=test_4, audio .*/test\.zip:\d+:\d+\): bytes \d+\.\.\d+ of .*/test\.zip "
+        r"are not a \.npy array \(they start with b'.*'\); is the offset off\? \(prep_s2t_data\.py writes the cells\)$"),
+    Row("zip length 3 bytes short (generate)", lambda c: generate_argv(c, data=zip_cell(
+        c, "test", 8, lambda z, o, n: f"{z}:{o}:{n - 3}")), "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 8 \(id=test_6, audio .*\): bytes \d+\.\.\d+ of .*/test\.zip are not a whole \.npy "
+        r"array \(.*\); is the length off\?"),
+    Row("zip offset past the end of the zip", lambda c: train_argv(c, zip_cell(
+        c, "train", 50, lambda z, o, n: f"{z}:{Path(z).stat().st_size - 10}:{n}")), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 50 \(id=train_48\): audio '.*/train\.zip:\d+:\d+': bytes (\d+)\.\.\d+ lie outside "
+        r".*/train\.zip \(\d+ bytes\); manifest and zip from different runs\? \(--train-subset train\)$", before_model),
+    Row("zip offset not a number", lambda c: train_argv(c, zip_cell(c, "dev", 5, lambda z, o, n: f"{z}:{o}x:{n}")),
+        "imitkd-train", 2, r"^error: .*/s2t/dev\.tsv: line 5 \(id=dev_3\): audio '.*/dev\.zip:\d+x:\d+': the offset and "
+        r"the length \(bytes\) must be integers >= 0 and > 0 \(--valid-subset dev\)$", before_model),
+    Row("zip not found", lambda c: train_argv(c, zip_cell(c, "train", 30, lambda z, o, n: f"{z}.old:{o}:{n}")),
+        "imitkd-train", 2, r"^error: .*/s2t/train\.tsv: line 30 \(id=train_28\): audio '.*/train\.zip\.old:\d+:\d+': no "
+        r"such file .*/train\.zip\.old \(--train-subset train\)$", before_model),
+    Row("zip cell without a length (generate)", lambda c: generate_argv(c, data=zip_cell(
+        c, "test", 4, lambda z, o, n: f"{z}:{o}")), "imitkd-generate", 2,
+        r"^error: .*/s2t/test\.tsv: line 4 \(id=test_2\): audio '.*/test\.zip:\d+' is neither a "
+        r"\.flac/\.npy/\.ogg/\.wav file nor ZIP:OFFSET:LENGTH$"),
+    Row(".npy file not found", lambda c: train_argv(c, missing_npy(c)), "imitkd-train", 2,
+        r"^error: .*/s2t/train\.tsv: line 40 \(id=train_38\): audio '.*/nosuch\.npy': no such file .*/nosuch\.npy "
+        r"\(--train-subset train\)$", before_model),
     # -- criterion vs task, β
     Row("--beta out of range", lambda c: train_argv(c, extra=["--beta", "1.5"]), "imitkd-train", 2,
         r"^error: --beta must be in \[0, 1\], got 1\.5$"),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 from fairseq.data import ConcatDataset
-from fairseq.data.audio.speech_to_text_dataset import SpeechToTextDataset
 from fairseq.tasks import register_task
 from fairseq.tasks.speech_to_text import SpeechToTextTask
 
@@ -25,6 +24,7 @@ from .. import checkpoints
 from ..data import EXPERT_INPUT, STUDENT_INPUT, TextInputDataset, check_manifest, read_text_columns
 from ..config_checks import check_data_config
 from ..errors import ImitKDError
+from ..feature_checks import check_audio_cells, check_on_read
 from ..text_encoding import SourceEncoder, load_dictionary
 from . import bleu
 
@@ -181,7 +181,8 @@ class SpeechToTextKDTask(SpeechToTextTask):
     def check_manifests(self):
         """Before the model and the expert are built (fairseq reads the manifests after): one line naming
         file and line for a missing, empty or non-UTF-8 --train-subset manifest, or a --valid-subset one
-        that exists but is empty or not UTF-8 (a missing one fails when it is loaded)."""
+        that exists but is empty or not UTF-8 (a missing one fails when it is loaded), or a row naming a
+        feature file that does not exist or bytes outside its zip."""
         args = self.args
         subsets = [("--train-subset", getattr(args, "train_subset", None), True)]
         if not getattr(args, "disable_validation", False):
@@ -191,36 +192,28 @@ class SpeechToTextKDTask(SpeechToTextTask):
                 path = Path(args.data) / f"{split}.tsv"
                 if split and (required or path.is_file()):
                     check_manifest(path, f"{flag} {splits}")
+                    check_audio_cells(path, self.data_cfg.audio_root, f"{flag} {splits}")
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         for name in split.split(","):
             check_manifest(Path(self.args.data) / f"{name}.tsv")
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
-        self.check_feature_size(split, self.datasets[split])
+        self.check_features(split, self.datasets[split])
         self.datasets[split] = self._with_text_inputs(split, self.datasets[split])
 
-    def check_feature_size(self, split, dataset):
-        """The first utterance of each manifest of ``split`` has the features the data config promises
-        (``input_feat_per_channel`` × ``input_channels`` per frame: the model's input size). fairseq would
-        fail in the model's first convolution, mid-training, without naming a file."""
-        cfg = self.data_cfg
-        if cfg.use_audio_input:
-            return
-        expected = cfg.input_feat_per_channel * cfg.input_channels
+    def check_features(self, split, dataset):
+        """Every row of each manifest of ``split`` names features that exist (``check_audio_cells``), each
+        utterance is checked when it is read (``check_on_read``: readable, ``input_feat_per_channel`` ×
+        ``input_channels`` per frame, finite, about ``n_frames`` frames), and the first one is read now, so that
+        a data config that does not describe the features stops before training starts. fairseq would fail
+        mid-training, in the model's first convolution or in numpy, without naming a row."""
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
         for name, part in zip(split.split(","), parts):
-            if not isinstance(part, SpeechToTextDataset) or len(part) == 0:
-                continue
-            row_id = part.ids[0] if part.ids else 0
-            where = f"{Path(self.args.data) / f'{name}.tsv'}: line 2 (id={row_id}, audio {part.audio_paths[0]})"
-            try:
-                source = part[0].source
-            except (OSError, ValueError, RuntimeError, IndexError) as e:
-                raise ImitKDError(f"{where}: cannot read its features ({' '.join(str(e).split())})") from None
-            if source.dim() != 2 or source.size(1) != expected:
-                raise ImitKDError(f"{where}: features of shape {tuple(source.shape)}, but the data config "
-                                  f"{self.args.config_yaml} says input_feat_per_channel {cfg.input_feat_per_channel} × "
-                                  f"input_channels {cfg.input_channels} = {expected} per frame")
+            path = Path(self.args.data) / f"{name}.tsv"
+            line_numbers = check_audio_cells(path, self.data_cfg.audio_root)
+            check_on_read(part, path, line_numbers, self.args.config_yaml)
+            if len(part):
+                part[0]  # noqa: B018  (read and checked)
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
