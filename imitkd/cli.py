@@ -45,7 +45,9 @@ def _fail(error: Exception):
 
 
 def flag_value(argv: List[str], flag: str, default: Optional[str] = None) -> Optional[str]:
-    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse)."""
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse).
+    Exact names only, as fairseq's parsers read them (``allow_abbrev=False``): an abbreviation such as
+    ``--max-tok 0`` is argparse's own "unrecognized arguments" error, never a value these checks miss."""
     value = default
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
