@@ -120,10 +120,8 @@ def check_generate_flags(argv: List[str]) -> None:
 def resume_error(e: BaseException, argv: List[str]) -> Optional[ImitKDError]:
     """One line for fairseq's failures to resume training from a checkpoint (a model of another
     architecture; another criterion or optimizer), naming the checkpoint; None for other errors."""
-    message = str(e)
-    prefix = "Cannot load model parameters from checkpoint "
-    if type(e) is Exception and message.startswith(prefix):
-        path = message[len(prefix):].split("; please")[0]
+    message, path = str(e), checkpoints.unloadable_checkpoint(e)
+    if path is not None:
         cause = str(e.__context__ or "").strip().splitlines()
         detail = f" ({_abridged(cause[1].strip())})" if len(cause) > 1 else ""
         return ImitKDError(f"cannot resume from {path}: its model does not fit the one these flags build{detail}; "
