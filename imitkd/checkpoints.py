@@ -73,6 +73,15 @@ def path_problem(path) -> Optional[str]:
     return "is a directory, not a checkpoint file" if os.path.isdir(path) else "checkpoint not found"
 
 
+def unloadable_checkpoint(e: BaseException) -> Optional[str]:
+    """The checkpoint named by fairseq's "Cannot load model parameters from checkpoint PATH; ..." (how
+    ``Trainer.load_checkpoint`` fails, its cause in ``e.__context__``); None for other errors."""
+    message, prefix = str(e), "Cannot load model parameters from checkpoint "
+    if type(e) is Exception and message.startswith(prefix):
+        return message[len(prefix):].split("; please")[0]
+    return None
+
+
 def trusted() -> bool:
     """Whether this run opted out of safe loading (``--trust-checkpoint`` or ``IMITKD_TRUST_CHECKPOINTS``)."""
     return os.environ.get(TRUST_ENV, "").strip().lower() in _TRUE

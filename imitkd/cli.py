@@ -45,7 +45,9 @@ def _fail(error: Exception):
 
 
 def flag_value(argv: List[str], flag: str, default: Optional[str] = None) -> Optional[str]:
-    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse)."""
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse).
+    Exact names only, as fairseq's parsers read them (``allow_abbrev=False``): an abbreviation such as
+    ``--max-tok 0`` is argparse's own "unrecognized arguments" error, never a value these checks miss."""
     value = default
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
@@ -118,10 +120,8 @@ def check_generate_flags(argv: List[str]) -> None:
 def resume_error(e: BaseException, argv: List[str]) -> Optional[ImitKDError]:
     """One line for fairseq's failures to resume training from a checkpoint (a model of another
     architecture; another criterion or optimizer), naming the checkpoint; None for other errors."""
-    message = str(e)
-    prefix = "Cannot load model parameters from checkpoint "
-    if type(e) is Exception and message.startswith(prefix):
-        path = message[len(prefix):].split("; please")[0]
+    message, path = str(e), checkpoints.unloadable_checkpoint(e)
+    if path is not None:
         cause = str(e.__context__ or "").strip().splitlines()
         detail = f" ({_abridged(cause[1].strip())})" if len(cause) > 1 else ""
         return ImitKDError(f"cannot resume from {path}: its model does not fit the one these flags build{detail}; "

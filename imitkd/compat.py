@@ -24,6 +24,9 @@
    hands the stored array to its feature transforms as it is, and ``utterance_cmvn`` sums squares in the
    array's dtype, which overflows float16 from ≈ 300 frames on (inf/NaN features: an ASR run stopped with
    "gradients are Nan/Inf" at its first update; decoding failed with fairseq's "assert step < max_len").
+7. A checkpoint whose token embeddings do not fit the task's dictionaries (e.g. a regenerated
+   ``vocab_filename``) stops generate, validate or a resumed training with one line naming the dictionary
+   and the checkpoint, not torch's ``size mismatch`` traceback (``imitkd.dictionary_fit``).
 Each patch is idempotent.
 """
 import contextlib
@@ -96,6 +99,7 @@ def apply():
     import fairseq.data.audio.audio_utils as audio_utils
     from fairseq.data import data_utils
 
+    from . import dictionary_fit
     from .features import fbank_from_file
 
     from fairseq.models.speech_to_text import xm_transformer
@@ -111,3 +115,4 @@ def apply():
         if not getattr(getattr(audio_utils, name), "_imitkd_float32", False):
             setattr(audio_utils, name, _float32_features(getattr(audio_utils, name)))
     prefetch_exit.install()
+    dictionary_fit.install()

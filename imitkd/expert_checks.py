@@ -1,7 +1,7 @@
 """Checks on an expert checkpoint: before its task and data are loaded, is it the kind of expert the
 criterion needs (text or speech), and does its data directory hold the dictionaries a text expert loads?
 Once loaded, is its target dictionary the student's? Each failure is one :class:`ImitKDError` line
-naming the flag and file."""
+naming the flag and file. (``check_dictionaries_fit`` also serves any checkpoint: ``imitkd.dictionary_fit``.)"""
 import os
 from typing import Optional
 
@@ -93,27 +93,35 @@ def text_expert_dictionaries(cfg, data_dir: Optional[str], vocab_src: Optional[s
                                                ("--expert-vocab-tgt", vocab_tgt, tgt))]
 
 
+_EXPERT_FIX = "give the dictionaries the expert was trained with (fairseq-preprocess --destdir)"
+
+
 def embedding_rows(state) -> dict:
-    """{"source"/"target": vocabulary size} of a text model's state (its token embeddings)."""
+    """{"source"/"target": vocabulary size} of a model's state (its token embeddings; a speech encoder has none)."""
     weights = state.get("model") or {}
     return {side: weights[key].shape[0] for side, key in (("source", "encoder.embed_tokens.weight"),
                                                           ("target", "decoder.embed_tokens.weight"))
             if key in weights and hasattr(weights[key], "shape")}
 
 
-def check_dictionaries_fit(cfg, rows: dict, files, dicts, filename: str) -> None:
-    """Fail unless the source/target dictionaries (``files``: their (flag, path)) have the sizes of the
-    checkpoint's embeddings (``rows``: ``embedding_rows``) and, where it shares all embeddings, are one."""
+def check_dictionaries_fit(cfg, rows: dict, files, dicts, filename: str, model: str = "the expert",
+                           fix: str = _EXPERT_FIX) -> None:
+    """Fail unless the source/target dictionaries (``files``: their (flag or None, path); a side without
+    a dictionary is None in ``dicts``) have the sizes of the checkpoint's embeddings (``rows``:
+    ``embedding_rows``) and, where it shares all embeddings, are one. ``model`` names the checkpoint's role
+    in the message, ``fix`` says what to do."""
     for side, (flag, path), dictionary in zip(("source", "target"), files, dicts):
-        if side in rows and rows[side] != len(dictionary):
-            raise ImitKDError(
-                f"{flag}: {path} has {len(dictionary)} symbols, but the expert {filename} has {rows[side]} "
-                f"{side} embeddings: give the dictionaries the expert was trained with (fairseq-preprocess --destdir)")
-    if getattr(cfg.model, "share_all_embeddings", False) and dicts[0].symbols != dicts[1].symbols:
+        if dictionary is not None and side in rows and rows[side] != len(dictionary):
+            where = f"{flag}: {path}" if flag else path
+            raise ImitKDError(f"{where} has {len(dictionary)} symbols, but {model} {filename} has {rows[side]} "
+                              f"{side} embeddings: {fix}")
+    if (getattr(cfg.model, "share_all_embeddings", False) and all(d is not None for d in dicts)
+            and dicts[0].symbols != dicts[1].symbols):
         (sflag, spath), (tflag, tpath) = files
-        names = f"{sflag}: {spath} and {tpath}" if sflag == tflag else f"{sflag} {spath} and {tflag} {tpath}"
+        names = (f"{sflag + ': ' if sflag else ''}{spath} and {tpath}" if sflag == tflag
+                 else f"{sflag} {spath} and {tflag} {tpath}")
         raise ImitKDError(
-            f"{names} differ, but the expert {filename} shares all embeddings "
+            f"{names} differ, but {model} {filename} shares all embeddings "
             "(--share-all-embeddings): its source and target dictionary are one joined dictionary")
 
 

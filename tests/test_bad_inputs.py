@@ -10,6 +10,7 @@ Rows are grouped by where the input goes: manifests, task flags, checkpoints/exp
 the dataset script, data preparation and the corpus builder.
 """
 import importlib.util
+import logging
 import re
 import shutil
 import signal
@@ -83,7 +84,11 @@ def _console_script(entry, argv):
     from io import StringIO
 
     err = StringIO()
+    root = logging.getLogger()
     with pytest.MonkeyPatch.context() as mp:
+        # fairseq's validate resets the root logger onto sys.stdout (here the test's capture, closed after it)
+        mp.setattr(root, "handlers", list(root.handlers))
+        mp.setattr(root, "level", root.level)
         mp.setattr(sys, "argv", [entry.__name__, *map(str, argv)])
         mp.setattr(sys, "stderr", err)
         try:
@@ -227,8 +232,8 @@ def with_config(ctx, text):
 
 def generate_argv(ctx, *extra, path=None, data=None):
     """imitkd-generate of the student checkpoint (or ``path``) on the toy test split (of ``data``)."""
-    return [data or s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset", "test",
-            "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
+    return [data or s2t_copy(ctx), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--gen-subset",
+            "test", "--path", path or ctx.student_ckpt, "--cpu", "--batch-size", "4", *extra]
 
 
 def resume_student(ctx, *extra):
@@ -236,6 +241,36 @@ def resume_student(ctx, *extra):
     (ctx.tmp / "ckpt").mkdir()
     shutil.copyfile(ctx.student_ckpt, ctx.tmp / "ckpt" / "checkpoint_last.pt")
     return train_argv(ctx, extra=list(extra))
+
+
+def small_vocab(ctx, drop=3):
+    """The copy of the toy data whose config.yaml names, as vocab_filename, the toy dictionary less its last
+    ``drop`` entries (a regenerated vocabulary): ``drop`` fewer than the student's decoder embeddings."""
+    data = s2t_copy(ctx)
+    lines = (data / "dict.de.txt").read_text().splitlines(keepends=True)
+    (data / "dict.small.txt").write_text("".join(lines[:-drop]))
+    (data / "config.yaml").write_text(TOY_CONFIG.replace("dict.de.txt", "dict.small.txt"))
+    return data
+
+
+def resume_small_vocab(ctx, *extra):
+    """A label-smoothed training (no expert) resuming the student checkpoint, on the small vocabulary."""
+    small_vocab(ctx)
+    if not extra:
+        (ctx.tmp / "ckpt").mkdir()
+        shutil.copyfile(ctx.student_ckpt, ctx.tmp / "ckpt" / "checkpoint_last.pt")
+    return train_argv(ctx, criterion="label_smoothed_cross_entropy", extra=list(extra))
+
+
+def mt_small_src_dict(ctx, drop=3):
+    """imitkd-generate of the toy text expert on a copy of its binarized data whose dict.en.txt lacks the
+    last ``drop`` entries."""
+    data = ctx.tmp / "mt-bin"
+    shutil.copytree(ctx.toy / "mt-bin", data)
+    lines = (data / "dict.en.txt").read_text().splitlines(keepends=True)
+    (data / "dict.en.txt").write_text("".join(lines[:-drop]))
+    return [data, "--path", ctx.toy / "expert" / "checkpoint_best.pt", "--gen-subset", "test", "--cpu",
+            "--source-lang", "en", "--target-lang", "de", "--batch-size", "4"]
 
 
 def ctc_argv(ctx, path, *extra):
@@ -437,6 +472,10 @@ def truncated_expert(ctx) -> Path:
 
 def before_model(ctx):
     assert ctx.models_built == 0, "the error came after the student model was built"
+
+
+def checkpoint_kept(ctx):
+    assert (ctx.tmp / "ckpt" / "checkpoint_last.pt").read_bytes() == ctx.student_ckpt.read_bytes()
 
 
 def nothing_written(ctx):
@@ -663,6 +702,37 @@ ROWS: List[Row] = [
         r"token\(s\); set --max-len-b >= 1$"),
     Row("generate --results-path a file", lambda c: generate_argv(c, "--results-path", a_file(c)), "imitkd-generate",
         2, r"^error: --results-path .*/a-file: not a directory \(it is a file\)$"),
+    Row("--max-tokens=0 (the = form)", lambda c: train_argv(c, extra=["--max-tokens=0"]), "imitkd-train", 2,
+        r"^error: --max-tokens must be >= 1, got 0$", before_model),
+    Row("--seed=-1 (the = form)", lambda c: train_argv(c, extra=["--seed=-1"]), "imitkd-train", 2,
+        r"^error: --seed must be in \[0, 4294967295\], got -1$", before_model),
+    Row("--max-tok 0 (an abbreviation: fairseq's parser refuses it)", lambda c: train_argv(c, extra=["--max-tok", "0"]),
+        "imitkd-train", 2, r"^train: error: unrecognized arguments: --max-tok 0$", before_model),
+    Row("generate --beam=0 (the = form)", lambda c: generate_argv(c, "--beam=0"), "imitkd-generate", 2,
+        r"^error: --beam must be >= 1, got 0$"),
+    Row("generate --bea 0 (an abbreviation: fairseq's parser refuses it)", lambda c: generate_argv(c, "--bea", "0"),
+        "imitkd-generate", 2, r"^generate: error: unrecognized arguments: --bea 0$"),
+    Row("generate --results-path=FILE (the = form)", lambda c: generate_argv(c, f"--results-path={a_file(c)}"),
+        "imitkd-generate", 2, r"^error: --results-path .*/a-file: not a directory \(it is a file\)$"),
+    Row("generate vocab_filename smaller than the checkpoint", lambda c: generate_argv(c, data=small_vocab(c)),
+        "imitkd-generate", 2, r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols, "
+        r"but the checkpoint .*/checkpoint_last\.pt has 16 target embeddings: point vocab_filename at the dictionary "
+        r"it was trained with"),
+    Row("validate vocab_filename smaller than the checkpoint", lambda c: [
+        small_vocab(c), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--valid-subset", "dev",
+        "--path", c.student_ckpt, "--cpu", "--batch-size", "4"], "imitkd-validate", 2,
+        r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols, but the checkpoint "
+        r".*/checkpoint_last\.pt has 16 target embeddings", needs=("student_ckpt",)),
+    Row("resume with a vocab_filename smaller than the checkpoint", resume_small_vocab, "imitkd-train", 2,
+        r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols, but the checkpoint "
+        r".*/ckpt/checkpoint_last\.pt has 16 target embeddings", checkpoint_kept, needs=("student_ckpt",)),
+    Row("--finetune-from-model with a vocab_filename smaller than it", lambda c: resume_small_vocab(
+        c, "--finetune-from-model", c.student_ckpt), "imitkd-train", 2,
+        r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols, but the checkpoint "
+        r".*/checkpoint_last\.pt has 16 target embeddings", needs=("student_ckpt",)),
+    Row("generate a text model with a smaller source dictionary", mt_small_src_dict, "imitkd-generate", 2,
+        r"^error: .*/mt-bin/dict\.en\.txt has 13 symbols, but the checkpoint .*/expert/checkpoint_best\.pt has 16 "
+        r"source embeddings: use the data directory it was trained with"),
     Row("--load-pretrained-encoder-from not found", lambda c: train_argv(c, extra=[
         "--load-pretrained-encoder-from", c.tmp / "asr.pt"]), "imitkd-train", 2,
         r"^error: --load-pretrained-encoder-from: checkpoint not found: .*/asr\.pt$"),
