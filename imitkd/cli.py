@@ -6,7 +6,9 @@ before fairseq parses it), and their ``-h``/``--help`` lists the flags of the ch
 the other chosen components (``imitkd.cli_help``), which fairseq's own help never shows.
 """
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -117,6 +119,47 @@ def check_generate_flags(argv: List[str]) -> None:
                           f"{min_len} token(s); set --max-len-b >= {max(min_len, 1)}")
 
 
+def check_validate_flags(argv: List[str]) -> None:
+    """imitkd-validate: --path, and a batch size (fairseq asserts one, with a traceback)."""
+    check_model_paths(argv)
+    if not any(flag_value(argv, flag) for flag in ("--max-tokens", "--batch-size", "--max-sentences")):
+        raise ImitKDError("imitkd-validate needs --max-tokens N or --batch-size N (how much one batch holds)")
+
+
+def with_flag_value(argv: List[str], flag: str, value: str) -> List[str]:
+    """``argv`` with every value of ``flag`` (``--flag V`` or ``--flag=V``) replaced by ``value``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif arg.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
+
+
+def keeping_results(main):
+    """``main`` (fairseq's generate) with its --results-path output written atomically: fairseq opens
+    ``RESULTS/generate-SUBSET.txt`` for writing before it loads the model, so a run that failed (a checkpoint
+    that does not fit, an interrupted decoding) emptied the file of an earlier run. It writes into a temporary
+    directory inside RESULTS instead; its files replace the earlier ones once it has succeeded."""
+    def run():
+        results = flag_value(sys.argv[1:], "--results-path")
+        if not results:
+            return main()
+        os.makedirs(results, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".generate-", dir=results)
+        argv = sys.argv
+        try:
+            sys.argv = [argv[0], *with_flag_value(argv[1:], "--results-path", tmp)]
+            main()
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(results, name))
+        finally:
+            sys.argv = argv
+            shutil.rmtree(tmp, ignore_errors=True)
+    return run
+
+
 def resume_error(e: BaseException, argv: List[str]) -> Optional[ImitKDError]:
     """One line for fairseq's failures to resume training from a checkpoint (a model of another
     architecture; another criterion or optimizer), naming the checkpoint; None for other errors."""
@@ -152,12 +195,12 @@ def train():
 
 def generate():
     from fairseq_cli.generate import cli_main
-    _run(cli_main, loads_checkpoints=True, check=check_generate_flags)
+    _run(keeping_results(cli_main), loads_checkpoints=True, check=check_generate_flags)
 
 
 def validate():
     from fairseq_cli.validate import cli_main
-    _run(cli_main, loads_checkpoints=True, check=check_model_paths)
+    _run(cli_main, loads_checkpoints=True, check=check_validate_flags)
 
 
 def preprocess():

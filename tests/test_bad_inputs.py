@@ -474,6 +474,18 @@ def before_model(ctx):
     assert ctx.models_built == 0, "the error came after the student model was built"
 
 
+def earlier_results(ctx):
+    """A --results-path directory holding the generate-test.txt of an earlier run."""
+    (ctx.tmp / "results").mkdir()
+    (ctx.tmp / "results" / "generate-test.txt").write_text("the earlier run's translations\n")
+    return ctx.tmp / "results"
+
+
+def earlier_results_kept(ctx):
+    assert sorted(p.name for p in (ctx.tmp / "results").iterdir()) == ["generate-test.txt"], "a temporary dir was left"
+    assert (ctx.tmp / "results" / "generate-test.txt").read_text() == "the earlier run's translations\n"
+
+
 def checkpoint_kept(ctx):
     assert (ctx.tmp / "ckpt" / "checkpoint_last.pt").read_bytes() == ctx.student_ckpt.read_bytes()
 
@@ -730,6 +742,15 @@ ROWS: List[Row] = [
         c, "--finetune-from-model", c.student_ckpt), "imitkd-train", 2,
         r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols, but the checkpoint "
         r".*/checkpoint_last\.pt has 16 target embeddings", needs=("student_ckpt",)),
+    Row("generate that fails keeps an earlier --results-path file", lambda c: generate_argv(
+        c, "--results-path", earlier_results(c), data=small_vocab(c)), "imitkd-generate", 2,
+        r"^error: .*/s2t/config\.yaml: vocab_filename: .*/s2t/dict\.small\.txt has 13 symbols", earlier_results_kept,
+        needs=("student_ckpt",)),
+    Row("validate without --max-tokens or --batch-size", lambda c: [
+        s2t_copy(c), "--task", "speech_to_text_kd", "--config-yaml", "config.yaml", "--valid-subset", "dev",
+        "--path", c.student_ckpt, "--cpu"], "imitkd-validate", 2,
+        r"^error: imitkd-validate needs --max-tokens N or --batch-size N \(how much one batch holds\)$",
+        needs=("student_ckpt",)),
     Row("generate a text model with a smaller source dictionary", mt_small_src_dict, "imitkd-generate", 2,
         r"^error: .*/mt-bin/dict\.en\.txt has 13 symbols, but the checkpoint .*/expert/checkpoint_best\.pt has 16 "
         r"source embeddings: use the data directory it was trained with"),
