@@ -13,6 +13,7 @@
 set -u
 D=${1:?usage: speech_student.sh DEMO_DIR OUT NAME "EXTRA FLAGS" [KEY] [SEEDS]}
 OUT=${2:?}; NAME=${3:?}; EXTRA=${4?}; KEY=${5:-imit_kd_CE}; SEEDS=${6:-"1 2 3"}
+command -v imitkd-train > /dev/null || { echo "error: imitkd-train is not on PATH (activate the venv: . .venv/bin/activate)" >&2; exit 2; }
 BIN=$(dirname "$(command -v imitkd-train)")
 CMD=$(head -n 1 "$D/students/$KEY/train.log")
 [ "${CMD:0:2}" = "$ " ] || { echo "error: $D/students/$KEY/train.log does not start with the demo's command" >&2; exit 2; }

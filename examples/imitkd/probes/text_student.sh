@@ -13,6 +13,7 @@
 # imitkd-train/imitkd-generate come from PATH (the venv).
 set -u
 D=${1:?usage: text_student.sh DEMO_DIR OUT [UPDATES] [METHODS] [SEEDS]}
+command -v imitkd-train > /dev/null || { echo "error: imitkd-train is not on PATH (activate the venv: . .venv/bin/activate)" >&2; exit 2; }
 BIN=$(dirname "$(command -v imitkd-train)")
 OUT=${2:?usage: text_student.sh DEMO_DIR OUT [UPDATES] [METHODS] [SEEDS]}; UPD=${3:-1000}; METHODS=${4:-"nll word_kd imit_kd_CE"}; SEEDS=${5:-"1 2 3"}
 HOLD=$((UPD/2))
