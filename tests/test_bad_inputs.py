@@ -64,6 +64,7 @@ def expert_log(toy, tmp_path_factory):
     assert status == 0, err
     log = out / "generate-test.txt"
     assert sum(line.startswith("D-") for line in log.read_text().splitlines()) == toydata.SPLITS["test"]
+    assert [p.name for p in out.iterdir()] == ["generate-test.txt"]  # (written in a temporary dir, moved on success)
     return log
 
 
