@@ -148,6 +148,7 @@ def test_seed_methods_limit_only_the_further_seeds(tmp_path):
     demo = demo_module()
     args = demo.get_parser().parse_args(["--out", str(tmp_path)])
     args.student_seeds, args.seed_methods = (2,), ("nll", "imit_kd_CE")
+    args.decodings, args.splits = demo.comma_list(args.decodings), ("test", "test_unseen")  # (as main sets them)
     jobs = demo.training_graph(args, demo.PRESETS["small"], tmp_path / "corpus", demo.Clock())
     students = [name for name in jobs if name.split(".")[0] in KEYS]
     assert students == ["imit_kd_CE", "imit_kd", "imitkdt", "word_kd", "kdt", "nll", "imit_kd_CE.seed2", "nll.seed2"]
@@ -583,12 +584,23 @@ def test_students_start_costliest_first_and_further_seeds_last(tmp_path):
     demo = demo_module()
     args = demo.get_parser().parse_args(["--out", str(tmp_path)])
     args.out, args.student_seeds = tmp_path, (2,)
+    args.decodings, args.splits = ("beam5", "greedy"), ("test", "test_unseen")  # (as main sets them)
     jobs = demo.training_graph(args, demo.PRESETS["small"], tmp_path / "corpus", demo.Clock())
     students = [name for name in jobs if name.split(".")[0] in KEYS]
     first = ["imit_kd_CE", "imit_kd", "imitkdt", "word_kd", "kdt", "nll"]
     assert students == first + [f"{key}.seed2" for key in first]
     assert jobs["imitkdt.seed2"][1] == jobs["imitkdt"][1] == ("asr", "expert", "transcripts")
     assert jobs["nll.seed2"][1] == ("asr",)
+    # each student's decodings are jobs of their own, right after its training (before the next student's),
+    # so that an idle lane takes one: dev under each decoding, then each test split, then the record
+    names = list(jobs)
+    for key in students:
+        dev = (f"eval {key} dev beam5", f"eval {key} dev greedy")
+        assert jobs[dev[0]][1] == jobs[dev[1]][1] == (key,)
+        assert jobs[f"eval {key} test"][1] == jobs[f"eval {key} test_unseen"][1] == dev
+        assert jobs[f"eval {key}"][1] == (f"eval {key} test", f"eval {key} test_unseen")
+        mine = [n for n in names if n.startswith(f"eval {key} ") or n == f"eval {key}"]
+        assert names[names.index(key) + 1: names.index(key) + 1 + len(mine)] == mine
 
 
 def test_a_decoding_that_collapses_on_dev_is_not_chosen():

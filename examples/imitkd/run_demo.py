@@ -1120,18 +1120,44 @@ def choose_decoding(dev_scores: dict, distinct: dict) -> str:
     return max(eligible, key=lambda d: dev_scores[d]["bleu"])
 
 
-def evaluate_chosen(args, clock, key: str, train_key: str) -> dict:
-    """Dev under every decoding of ``--decodings``; test splits under the best one, and under beam 5
-    (the fixed reference). Returns {"dev": {decoding: scores}, "dev_distinct": {decoding: share of distinct dev
-    translations}, "chosen": decoding, split: scores, "reference:test": scores}."""
-    dev = {d: evaluate_student(args, clock, key, "dev", train_key, d) for d in args.decodings}
-    distinct = {d: distinct_outputs(args, r["system"], "dev") / r["n"] for d, r in dev.items()}
-    chosen = choose_decoding(dev, distinct)
-    out = {"dev": dev, "dev_distinct": distinct, "chosen": chosen}
-    for split in args.splits:
-        out[split] = evaluate_student(args, clock, key, split, train_key, chosen)
-    out["reference:test"] = evaluate_student(args, clock, key, "test", train_key, REFERENCE_DECODING)
-    return out
+def evaluation_jobs(args, clock, key: str, train_job: str) -> dict:
+    """The decodings of the student run ``key`` as ``run_graph`` jobs, after its training job ``train_job``
+    (whose record's ``key`` they depend on): dev under every decoding of ``--decodings`` (a job each); then,
+    under the best one (``choose_decoding``), each test split (a job each; test also under beam 5, the fixed
+    reference); last ``eval <key>``, which decodes nothing and returns {"dev": {decoding: scores},
+    "dev_distinct": {decoding: share of distinct dev translations}, "chosen": decoding, split: scores,
+    "reference:test": scores}. As separate jobs, a lane that has nothing else to do takes a decoding of the
+    other lane's student (the last student's five decodings ran in one lane while the other waited)."""
+    dev_jobs = {d: f"eval {key} dev {d}" for d in args.decodings}
+    split_jobs = {split: f"eval {key} {split}" for split in args.splits}
+
+    def dev(r, decoding):
+        return evaluate_student(args, clock, key, "dev", r[train_job]["key"], decoding)
+
+    def chosen(r):
+        scores = {d: r[job] for d, job in dev_jobs.items()}
+        distinct = {d: distinct_outputs(args, rec["system"], "dev") / rec["n"] for d, rec in scores.items()}
+        return choose_decoding(scores, distinct), scores, distinct
+
+    def test_split(r, split):
+        decoding = chosen(r)[0]
+        out = {split: evaluate_student(args, clock, key, split, r[train_job]["key"], decoding)}
+        if split == "test":  # (the same decoding twice when the chosen one is the reference: decoded once)
+            out["reference:test"] = evaluate_student(args, clock, key, "test", r[train_job]["key"], REFERENCE_DECODING)
+        return out
+
+    def gather(r):
+        decoding, scores, distinct = chosen(r)
+        out = {"dev": scores, "dev_distinct": distinct, "chosen": decoding}
+        for job in split_jobs.values():
+            out.update(r[job])
+        return out
+
+    jobs = {job: (lambda r, d=d: dev(r, d), (train_job,)) for d, job in dev_jobs.items()}
+    jobs.update({job: (lambda r, split=split: test_split(r, split), tuple(dev_jobs.values()))
+                 for split, job in split_jobs.items()})
+    jobs[f"eval {key}"] = (gather, tuple(split_jobs.values()))
+    return jobs
 
 
 def training_cost(method: Method) -> int:
@@ -1155,15 +1181,14 @@ def seeded_methods(args, P) -> tuple:
 
 def training_graph(args, P, corpus: Path, clock) -> dict:
     """Every stage after the corpus as ``run_graph`` jobs: the ASR model and the expert; the transcripts
-    (ASR only); the SeqKD data (expert only); every student, trained and then evaluated in the same lane
-    (a lane never waits for the slowest student before it decodes), as soon as what it reads is there
-    (NLL: the ASR model; KD: and the expert; KDT/ImitKDT: and the transcripts), the costliest first
-    (``training_cost``); the expert's ceiling;
-    last, every student of ``--seed-methods`` again with each of ``--student-seeds`` (jobs ``<key>.seed<N>``)."""
+    (ASR only); the SeqKD data (expert only); every student as soon as what it reads is there (NLL: the ASR
+    model; KD: and the expert; KDT/ImitKDT: and the transcripts), the costliest first (``training_cost``),
+    each followed by its decodings (``evaluation_jobs``: before any later student's training, so a lane never
+    waits for the slowest student before it decodes); the expert's ceiling; last, every student of
+    ``--seed-methods`` again with each of ``--student-seeds`` (jobs ``<key>.seed<N>``)."""
     def student(method, r, seed=args.seed):
         expert_ckpt = r.get("expert", args.out / "expert" / "checkpoint_best.pt")  # NLL: not read
-        rec = stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock, seed)
-        return rec, evaluate_chosen(args, clock, student_key(args, method.key, seed), rec["key"])
+        return stage_student(args, P, corpus, expert_ckpt, r["asr"], method, clock, seed)
 
     jobs = {"asr": (lambda r: stage_asr(args, P, corpus, clock), ()),
             "expert": (lambda r: stage_expert(args, P, corpus, clock), ()),
@@ -1176,24 +1201,27 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
     for m in by_cost:
         deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
+        jobs.update(evaluation_jobs(args, clock, m.key, m.key))
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
     seeded = [m for m in by_cost if m.key in seeded_methods(args, P)]
     for seed in args.student_seeds:
         for m in seeded:
-            jobs[student_key(args, m.key, seed)] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
+            name = student_key(args, m.key, seed)
+            jobs[name] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
+            jobs.update(evaluation_jobs(args, clock, name, name))
     return jobs
 
 
 def run_stages(args, P, corpus: Path, clock):
     """``training_graph`` run in ``args.lanes`` lanes. Returns ({key: training record}, {(key, split):
-    scores}, {key: evaluate_chosen's record}, the ASR WER per test split, {(key, seed): evaluate_chosen's
-    record} for ``--seed`` and every one of ``--student-seeds``)."""
+    scores}, {key: its evaluation record (``evaluation_jobs``)}, the ASR WER per test split, {(key, seed):
+    evaluation record} for ``--seed`` and every one of ``--student-seeds``)."""
     done = run_graph(training_graph(args, P, corpus, clock), args.lanes)
-    students = {key: done[key][0] for key in P["methods"]}
-    evals = {key: done[key][1] for key in P["methods"]}
+    students = {key: done[key] for key in P["methods"]}
+    evals = {key: done[f"eval {key}"] for key in P["methods"]}
     results = {(key, s): evals[key][s] for key in P["methods"] for s in args.splits}
     results[("expert", "test")] = done["expert ceiling"]
-    by_seed = {(key, seed): done[student_key(args, key, seed)][1]
+    by_seed = {(key, seed): done[f"eval {student_key(args, key, seed)}"]
                for key in seeded_methods(args, P) for seed in (args.seed, *args.student_seeds)}
     return students, results, evals, done["transcripts"], by_seed
 
