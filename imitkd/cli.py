@@ -5,6 +5,7 @@ train/generate/validate also take ``--trust-checkpoint`` (see ``imitkd.checkpoin
 before fairseq parses it), and their ``-h``/``--help`` lists the flags of the chosen task, criterion and
 the other chosen components (``imitkd.cli_help``), which fairseq's own help never shows.
 """
+import argparse
 import os
 import shutil
 import sys
@@ -20,9 +21,17 @@ from .errors import ImitKDError, message, path_error
 _LAST = "checkpoint_last.pt"  #: fairseq's default --restore-file (read from --save-dir)
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str):
+    """``ArgumentParser.error`` as one line: fairseq's parsers print their whole usage (≈ 200 lines) before it."""
+    parser.exit(2, f"{parser.prog}: error: {message} ({parser.prog} -h lists the flags)\n")
+
+
 def _run(main, loads_checkpoints=False, check=None):
     """Run a fairseq CLI ``main``; ``check(argv)`` first checks flags fairseq would fail on with a traceback
-    (skipped for ``-h``). Bad input ends in one ``error: ...`` line and exit status 2."""
+    (skipped for ``-h``). Bad input ends in one ``error: ...`` line and exit status 2 (argparse's own errors,
+    such as an unknown flag, too: ``_usage_error``)."""
+    error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _usage_error
     try:
         if loads_checkpoints:
             sys.argv = checkpoints.strip_trust_flag(sys.argv)
@@ -35,10 +44,12 @@ def _run(main, loads_checkpoints=False, check=None):
     except OSError as e:  # a path fairseq cannot read or create (--save-dir under a file, no permission): one line
         _fail(path_error(e))
     except Exception as e:  # fairseq's failures to resume (a bare Exception, AssertionErrors): one line
-        error = resume_error(e, sys.argv[1:])
-        if error is None:
+        problem = resume_error(e, sys.argv[1:])
+        if problem is None:
             raise
-        _fail(error)
+        _fail(problem)
+    finally:
+        argparse.ArgumentParser.error = error
 
 
 def _fail(error: Exception):
