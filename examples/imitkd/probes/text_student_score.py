@@ -5,39 +5,14 @@ OUT/scores.json.
     python examples/imitkd/probes/text_student_score.py CORPUS OUT
 """
 import json
-import statistics
 import sys
 from pathlib import Path
 
-import sacrebleu
+from probe_scores import mean_sd as ms
+from probe_scores import probe_runs, references
 
 corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
-def refs(split):
-    lines = (corpus / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
-    head = lines[0].split("\t")
-    return [l.split("\t")[head.index("tgt_text")] for l in lines[1:] if l]
-R = {s: refs(s) for s in ("dev", "test")}
-rows = {}
-for d in sorted(p for p in out.iterdir() if (p / "done.json").is_file()):
-    method, seed = d.name.rsplit(".seed", 1)
-    sc = {}
-    for split in ("dev", "test"):
-        for beam in (1, 5):
-            f = d / f"{split}.beam{beam}.hyp"
-            if not f.is_file():
-                break
-            hyps = f.read_text(encoding="utf-8").splitlines()
-            assert len(hyps) == len(R[split]), (f, len(hyps))
-            sc[split, beam] = (sacrebleu.corpus_bleu(hyps, [R[split]]).score, sacrebleu.corpus_chrf(hyps, [R[split]]).score,
-                               len(set(hyps)))
-    if len(sc) < 4:
-        continue
-    chosen = max((5, 1), key=lambda b: sc["dev", b][0])  # beam 5 first on a tie, as the demo's --decodings order
-    rows.setdefault(method, []).append(dict(seed=int(seed), dev1=sc["dev", 1][0], dev5=sc["dev", 5][0], chosen=chosen,
-                                            test=sc["test", chosen][0], chrf=sc["test", chosen][1],
-                                            test5=sc["test", 5][0], distinct=sc["test", chosen][2]))
-def ms(xs):
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+rows = probe_runs(out, references(corpus))
 print("| method | seeds | dev BLEU greedy | dev BLEU beam5 | test BLEU (dev-chosen) | test chrF | test BLEU beam5 | per seed (test, dev-chosen) |")
 print("|---|---|---|---|---|---|---|---|")
 for m in ("nll", "word_kd", "imit_kd_CE"):
