@@ -57,17 +57,21 @@ def _fail(error: Exception):
     raise SystemExit(2)
 
 
-def flag_value(argv: List[str], flag: str, default: Optional[str] = None) -> Optional[str]:
-    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse).
-    Exact names only, as fairseq's parsers read them (``allow_abbrev=False``): an abbreviation such as
-    ``--max-tok 0`` is argparse's own "unrecognized arguments" error, never a value these checks miss."""
-    value = default
+def _flag_slots(argv: List[str], flag: str):
+    """(index, prefix, value) of each value of ``flag`` in ``argv``: ``argv[index]`` is ``prefix + value``
+    (prefix "" for ``--flag V``, ``"--flag="`` for ``--flag=V``). Exact names only, as fairseq's parsers
+    read them (``allow_abbrev=False``): an abbreviation such as ``--max-tok 0`` is argparse's own
+    "unrecognized arguments" error, never a value these checks miss."""
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
+            yield i + 1, "", argv[i + 1]
         elif arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
-    return value
+            yield i, flag + "=", arg[len(flag) + 1:]
+
+
+def flag_value(argv: List[str], flag: str, default: Optional[str] = None) -> Optional[str]:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one wins, as in argparse)."""
+    return next(reversed([value for _, _, value in _flag_slots(argv, flag)]), default)
 
 
 def _check_number(argv, flag, kind, low, high=None):
@@ -140,11 +144,8 @@ def check_validate_flags(argv: List[str]) -> None:
 def with_flag_value(argv: List[str], flag: str, value: str) -> List[str]:
     """``argv`` with every value of ``flag`` (``--flag V`` or ``--flag=V``) replaced by ``value``."""
     out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == flag and i + 1 < len(out):
-            out[i + 1] = value
-        elif arg.startswith(flag + "="):
-            out[i] = f"{flag}={value}"
+    for i, prefix, _ in _flag_slots(argv, flag):
+        out[i] = prefix + value
     return out
 
 
