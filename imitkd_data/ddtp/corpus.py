@@ -109,8 +109,7 @@ def build(
     outputs += [f"text/{s}.{ext}" for s in BASE_SPLITS for ext in ("en", "de", "pairs.tsv")]
     outputs += [f"text/{ASR_EXTRA}.en"] if ASR_EXTRA in text else []
     if spm_info:
-        outputs += ["spm_joint.model", "dict.txt", "config.yaml"]
-        outputs += [f"text/{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
+        outputs += _spm_outputs()
     write_manifest_json(out_dir, size=size, seed=seed, params=params, started=started, inputs=inputs,
                         apt_source=apt_source, espeak_version=version, pools=pools, splits=splits,
                         feature_dtype=feature_dtype, spm=spm_info, outputs=outputs, flite_version=engine_version)
@@ -194,17 +193,18 @@ def _speech(out_dir: Path, plan: Dict[str, List[UttSpec]], *, workers: int, feat
     return stats
 
 
-def _spm_outputs(out_dir: Path) -> List[Path]:
-    """What ``_build_joint_spm`` writes."""
-    return [out_dir / n for n in ("spm_joint.model", "spm_joint.vocab", "dict.txt", "config.yaml")] + [
-        out_dir / "text" / f"{s}.spm.{lang}" for s in BASE_SPLITS for lang in LANGS]
+def _spm_outputs() -> List[str]:
+    """What ``_build_joint_spm`` writes and MANIFEST.json lists (relative to the corpus; also written:
+    ``spm_joint.vocab``)."""
+    return ["spm_joint.model", "dict.txt", "config.yaml"] + [f"text/{s}.spm.{lang}" for s in BASE_SPLITS
+                                                              for lang in LANGS]
 
 
 def _remove_spm_outputs(out_dir: Path) -> None:
     """A build without ``--spm-vocab-size`` in a directory that held one with it: its vocabulary, encoded text
     and config.yaml were made from the earlier build's text, which this build may have replaced; they go, so
     that no training reads a config.yaml that does not belong to the manifests beside it."""
-    stale = [p for p in _spm_outputs(out_dir) if p.is_file()]
+    stale = [out_dir / n for n in _spm_outputs() + ["spm_joint.vocab"] if (out_dir / n).is_file()]
     for p in stale:
         p.unlink()
     if stale:
