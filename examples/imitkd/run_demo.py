@@ -1120,9 +1120,9 @@ def choose_decoding(dev_scores: dict, distinct: dict) -> str:
     return max(eligible, key=lambda d: dev_scores[d]["bleu"])
 
 
-def evaluation_jobs(args, clock, key: str, train_job: str) -> dict:
-    """The decodings of the student run ``key`` as ``run_graph`` jobs, after its training job ``train_job``
-    (whose record's ``key`` they depend on): dev under every decoding of ``--decodings`` (a job each); then,
+def evaluation_jobs(args, clock, key: str) -> dict:
+    """The decodings of the student run ``key`` as ``run_graph`` jobs, after its training job (also named
+    ``key``; the decodings' done-records depend on its record's ``key``): dev under every decoding of ``--decodings`` (a job each); then,
     under the best one (``choose_decoding``), each test split (a job each; test also under beam 5, the fixed
     reference); last ``eval <key>``, which decodes nothing and returns {"dev": {decoding: scores},
     "dev_distinct": {decoding: share of distinct dev translations}, "chosen": decoding, split: scores,
@@ -1132,7 +1132,7 @@ def evaluation_jobs(args, clock, key: str, train_job: str) -> dict:
     split_jobs = {split: f"eval {key} {split}" for split in args.splits}
 
     def dev(r, decoding):
-        return evaluate_student(args, clock, key, "dev", r[train_job]["key"], decoding)
+        return evaluate_student(args, clock, key, "dev", r[key]["key"], decoding)
 
     def chosen(r):
         scores = {d: r[job] for d, job in dev_jobs.items()}
@@ -1141,9 +1141,9 @@ def evaluation_jobs(args, clock, key: str, train_job: str) -> dict:
 
     def test_split(r, split):
         decoding = chosen(r)[0]
-        out = {split: evaluate_student(args, clock, key, split, r[train_job]["key"], decoding)}
+        out = {split: evaluate_student(args, clock, key, split, r[key]["key"], decoding)}
         if split == "test":  # (the same decoding twice when the chosen one is the reference: decoded once)
-            out["reference:test"] = evaluate_student(args, clock, key, "test", r[train_job]["key"], REFERENCE_DECODING)
+            out["reference:test"] = evaluate_student(args, clock, key, "test", r[key]["key"], REFERENCE_DECODING)
         return out
 
     def gather(r):
@@ -1153,7 +1153,7 @@ def evaluation_jobs(args, clock, key: str, train_job: str) -> dict:
             out.update(r[job])
         return out
 
-    jobs = {job: (lambda r, d=d: dev(r, d), (train_job,)) for d, job in dev_jobs.items()}
+    jobs = {job: (lambda r, d=d: dev(r, d), (key,)) for d, job in dev_jobs.items()}
     jobs.update({job: (lambda r, split=split: test_split(r, split), tuple(dev_jobs.values()))
                  for split, job in split_jobs.items()})
     jobs[f"eval {key}"] = (gather, tuple(split_jobs.values()))
@@ -1201,14 +1201,14 @@ def training_graph(args, P, corpus: Path, clock) -> dict:
     for m in by_cost:
         deps = ("asr",) + (("expert",) if m.criterion != "nll" else ()) + needs[m.data]
         jobs[m.key] = (lambda r, m=m: student(m, r), deps)
-        jobs.update(evaluation_jobs(args, clock, m.key, m.key))
+        jobs.update(evaluation_jobs(args, clock, m.key))
     jobs["expert ceiling"] = (lambda r: evaluate_expert(args, clock, r["expert"]), ("expert",))
     seeded = [m for m in by_cost if m.key in seeded_methods(args, P)]
     for seed in args.student_seeds:
         for m in seeded:
             name = student_key(args, m.key, seed)
             jobs[name] = (lambda r, m=m, seed=seed: student(m, r, seed), jobs[m.key][1])
-            jobs.update(evaluation_jobs(args, clock, name, name))
+            jobs.update(evaluation_jobs(args, clock, name))
     return jobs
 
 
